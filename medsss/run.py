@@ -1,0 +1,52 @@
+"""The one entry point: ``python -m medsss.run [+experiment=NAME] [overrides]``.
+
+Dispatches on ``stage.name``. The ``__main__`` guard matters: vLLM starts its engine processes with
+spawn, which re-imports this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+log = logging.getLogger("medsss")
+
+
+def _stages() -> dict[str, Callable[[DictConfig, Path], dict[str, Any]]]:
+    from medsss.stages import synthesize
+
+    return {"synthesize": synthesize.run}
+
+
+def run_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    stages = _stages()
+    name = cfg.stage.name
+    if name not in stages:
+        raise ValueError(f"unknown stage '{name}'; available: {', '.join(sorted(stages))}")
+    return stages[name](cfg, run_dir)
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(cfg.threads))
+    metrics = run_stage(cfg, run_dir)
+    log.info("%s finished; outputs in %s", cfg.stage.name, run_dir)
+    # A scalar return lets sweepers (e.g. Optuna) optimise the stage's objective.
+    objective = cfg.stage.get("objective")
+    return float(metrics[objective]) if objective and objective in metrics else None
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

@@ -1,0 +1,310 @@
+"""Monte-Carlo Tree Search over reasoning steps for one problem (DESIGN.md section 3).
+
+The search is written as a generator: it yields the generation requests it needs next and is
+sent back their completions. It never calls a backend itself, so the scheduler can batch the
+requests of many trees into one engine call (and a test can drive it with scripted completions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+from medsss.data.prompts import (
+    FORCE_ANSWER_SUFFIX,
+    REFLECT_OPENING,
+    STEP_ZERO,
+    continuation_prefill,
+    split_steps,
+    truncate_at_step_marker,
+)
+from medsss.data.records import Problem
+from medsss.data.verify import extract_answer, is_correct
+from medsss.generation.base import Completion, GenerationRequest, Message
+from medsss.search.actions import Action, choose_action, reflect_eligible, rollout_count
+from medsss.search.backprop import backpropagate
+from medsss.search.tree import Node, Tree
+from medsss.search.uct import mark_completed, select_leaf
+
+Requests = list[GenerationRequest]
+Responses = list[list[Completion]]
+SearchProcess = Generator[Requests, Responses, "SearchResult"]
+
+STEP_STOP = ("\nStep ",)
+
+
+@dataclass
+class SearchConfig:
+    """Every constant of the search; ``search=`` config files fill it (paper defaults here)."""
+
+    width: int = 3
+    simulations: int = 20
+    min_rollouts: int = 5
+    exploration: float = 2.0  # c in UCT
+    unvisited_ucb: float = 5.0
+    bear_ratio: float = 0.9
+    low_gate: float = 0.5
+    refine_limit: int = 1
+    correct_nodes: int = 4
+    max_nodes: int = 60
+    max_depth: int | None = None
+    backprop: str = "comp"
+    post_process: bool = True
+    dedupe_siblings: bool = True
+    # sampling
+    step_temperature: float = 1.0
+    step_top_p: float = 0.95
+    rollout_temperature: float = 0.6
+    rollout_top_p: float = 0.9
+    max_step_tokens: int = 256
+    max_rollout_tokens: int = 1024
+    max_finish_tokens: int = 1024
+    force_answer_tokens: int = 8
+    keep_rollout_texts: bool = False
+    # scheduling
+    concurrent_trees: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("width", "min_rollouts", "correct_nodes", "max_nodes", "concurrent_trees"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"search.{name} must be >= 1, got {getattr(self, name)}")
+        if self.backprop not in ("comp", "mean"):
+            raise ValueError(f"search.backprop must be 'comp' or 'mean', got '{self.backprop}'")
+
+
+@dataclass
+class SearchResult:
+    tree: Tree
+    stop_reason: str
+    iterations: int
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class TreeSearch:
+    """The search of one problem. ``run()`` is the generator the scheduler drives."""
+
+    def __init__(self, problem: Problem, messages: tuple[Message, ...], config: SearchConfig) -> None:
+        self.problem = problem
+        self.messages = messages
+        self.config = config
+        self.tree = Tree.with_root(problem.id, STEP_ZERO)
+        self.iterations = 0
+
+    # -- the search loop ---------------------------------------------------------------------
+
+    def run(self) -> SearchProcess:
+        cfg = self.config
+        stop_reason = "nothing_selectable"
+        while True:
+            if len(self.tree.correct_leaves()) >= cfg.correct_nodes:
+                stop_reason = "correct_nodes"
+                break
+            if len(self.tree.nodes) >= cfg.max_nodes:
+                stop_reason = "max_nodes"
+                break
+            leaf = select_leaf(self.tree, cfg.exploration, cfg.unvisited_ucb)
+            if leaf is None:
+                stop_reason = "all_completed" if self.tree.root.completed else "nothing_selectable"
+                break
+            self.iterations += 1
+            action = choose_action(
+                self.tree, leaf, bear_ratio=cfg.bear_ratio, low_gate=cfg.low_gate,
+                refine_limit=cfg.refine_limit, max_depth=cfg.max_depth,
+            )
+            if action is None:
+                mark_completed(self.tree, leaf)
+                continue
+            yield from self.expand(leaf, action)
+
+        if cfg.post_process:
+            yield from self.post_process()
+        return SearchResult(self.tree, stop_reason, self.iterations, self.summary())
+
+    def expand(self, leaf: Node, action: Action) -> SearchProcess:
+        if action is Action.FINISH:
+            yield from self.finish([leaf])
+            return
+        if action is Action.REASON:
+            completions = (yield [self.step_request(leaf, n=self.config.width)])[0]
+            texts = [truncate_at_step_marker(c.text).strip() for c in completions]
+        else:
+            completions = (yield [self.step_request(leaf, n=1, opening=REFLECT_OPENING)])[0]
+            texts = [REFLECT_OPENING + truncate_at_step_marker(c.text).strip()]
+        children = []
+        for text, completion in zip(self._distinct(texts), completions):
+            if not text:
+                continue
+            reflection = action is Action.REFLECT
+            children.append(
+                self.tree.add_child(
+                    leaf, text, "reflect" if reflection else "reason",
+                    reflection=reflection, generated_tokens=completion.generated_tokens,
+                )
+            )
+        if not children:
+            mark_completed(self.tree, leaf)  # the model gave nothing usable here
+            return
+        yield from self.evaluate(children)
+        backpropagate(self.tree, leaf, self.config.backprop)
+        self._settle_finishes(children)
+
+    def post_process(self) -> SearchProcess:
+        """While too few correct leaves exist, finish open leaves by decreasing value."""
+        cfg = self.config
+        while True:
+            missing = cfg.correct_nodes - len(self.tree.correct_leaves())
+            open_leaves = [n for n in self.tree.leaves() if not n.is_finish and not n.completed]
+            if missing <= 0 or not open_leaves:
+                return
+            open_leaves.sort(key=lambda n: (-n.value, n.index))
+            # Finishing `missing` leaves per round is exactly what one-at-a-time would do until
+            # enough are correct, but in one batch.
+            yield from self.finish(open_leaves[:missing])
+
+    # -- actions -----------------------------------------------------------------------------
+
+    def finish(self, leaves: list[Node]) -> SearchProcess:
+        """Complete each leaf to an answer; the completion becomes a chain of new nodes."""
+        cfg = self.config
+        requests = [self.completion_request(leaf, n=1, rollout=False) for leaf in leaves]
+        completions = [row[0] for row in (yield requests)]
+        texts = yield from self.force_answers(leaves, [c.text for c in completions])
+        for leaf, text, completion in zip(leaves, texts, completions):
+            steps = split_steps(text) or [text.strip()]
+            answered = next((i for i, s in enumerate(steps) if extract_answer(s) is not None), len(steps) - 1)
+            steps = steps[: answered + 1]
+            parent = leaf
+            for step in steps[:-1]:  # intermediate steps carry the value they continue from
+                parent = self.tree.add_child(parent, step, "reason", visits=1, value=leaf.value)
+            node = self.tree.add_child(parent, steps[-1], "finish", generated_tokens=completion.generated_tokens)
+            self._score_finish(node)
+            backpropagate(self.tree, parent, cfg.backprop)
+            self._settle_finishes([node])
+
+    def evaluate(self, nodes: list[Node]) -> SearchProcess:
+        """Value new nodes: a stated answer is worth 1 or 0, anything else its rollout accuracy."""
+        open_nodes = []
+        for node in nodes:
+            if extract_answer(node.text) is not None:
+                node.kind = "finish"
+                self._score_finish(node)
+            else:
+                open_nodes.append(node)
+        if not open_nodes:
+            return
+        requests = [
+            self.completion_request(
+                node, n=rollout_count(node.depth, self.config.simulations, self.config.min_rollouts), rollout=True
+            )
+            for node in open_nodes
+        ]
+        responses = yield requests
+        flat_nodes = [node for node, row in zip(open_nodes, responses) for _ in row]
+        flat_texts = [c.text for row in responses for c in row]
+        forced = yield from self.force_answers(flat_nodes, flat_texts)
+        cursor = 0
+        for node, row in zip(open_nodes, responses):
+            outcomes = forced[cursor : cursor + len(row)]
+            cursor += len(row)
+            node.rollout_total = len(outcomes)
+            node.rollout_correct = sum(is_correct(extract_answer(t), self.problem.answer) for t in outcomes)
+            node.value = node.rollout_correct / node.rollout_total if node.rollout_total else 0.0
+            node.visits = 1
+            if self.config.keep_rollout_texts:
+                node.rollout_texts = outcomes
+
+    def force_answers(self, nodes: list[Node], texts: list[str]) -> Generator[Requests, Responses, list[str]]:
+        """Texts that state no answer get " The answer is" appended and a few greedy tokens."""
+        missing = [i for i, t in enumerate(texts) if extract_answer(t) is None]
+        if not missing:
+            return texts
+        requests = []
+        for i in missing:
+            base = continuation_prefill(self.tree.path_texts(nodes[i]))
+            requests.append(
+                GenerationRequest(
+                    messages=self.messages,
+                    prefill=base + " " + texts[i].strip() + FORCE_ANSWER_SUFFIX,
+                    n=1,
+                    temperature=0.0,
+                    max_tokens=self.config.force_answer_tokens,
+                    stop=("\n",),
+                    seed=self._seed("force", nodes[i].index, i),
+                )
+            )
+        responses = yield requests
+        texts = list(texts)
+        for i, row in zip(missing, responses):
+            texts[i] = texts[i].strip() + FORCE_ANSWER_SUFFIX + row[0].text.rstrip()
+        return texts
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def step_request(self, node: Node, n: int, opening: str = "") -> GenerationRequest:
+        cfg = self.config
+        return GenerationRequest(
+            messages=self.messages,
+            prefill=continuation_prefill(self.tree.path_texts(node), opening),
+            n=n,
+            temperature=cfg.step_temperature,
+            top_p=cfg.step_top_p,
+            max_tokens=cfg.max_step_tokens,
+            stop=STEP_STOP,
+            seed=self._seed("step", node.index, len(node.children)),
+        )
+
+    def completion_request(self, node: Node, n: int, rollout: bool) -> GenerationRequest:
+        cfg = self.config
+        return GenerationRequest(
+            messages=self.messages,
+            prefill=continuation_prefill(self.tree.path_texts(node)),
+            n=n,
+            temperature=cfg.rollout_temperature if rollout else cfg.step_temperature,
+            top_p=cfg.rollout_top_p if rollout else cfg.step_top_p,
+            max_tokens=cfg.max_rollout_tokens if rollout else cfg.max_finish_tokens,
+            seed=self._seed("rollout" if rollout else "finish", node.index, len(node.children)),
+        )
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _score_finish(self, node: Node) -> None:
+        node.answer = extract_answer(node.text)
+        node.correct = is_correct(node.answer, self.problem.answer)
+        node.value = 1.0 if node.correct else 0.0
+        node.visits = 1
+
+    def _settle_finishes(self, nodes: list[Node]) -> None:
+        cfg = self.config
+        for node in nodes:
+            if node.is_finish and not node.correct and not reflect_eligible(
+                self.tree, node, cfg.low_gate, cfg.refine_limit
+            ):
+                mark_completed(self.tree, node)
+
+    def _distinct(self, texts: list[str]) -> list[str]:
+        if not self.config.dedupe_siblings:
+            return texts
+        seen: set[str] = set()
+        out = []
+        for text in texts:
+            out.append("" if text in seen else text)
+            seen.add(text)
+        return out
+
+    def _seed(self, purpose: str, node_index: int, salt: int) -> int:
+        key = f"{self.config.seed}|{self.problem.id}|{purpose}|{node_index}|{salt}"
+        return int.from_bytes(hashlib.sha1(key.encode()).digest()[:4], "little")
+
+    def summary(self) -> dict[str, Any]:
+        finishes = [n for n in self.tree.nodes if n.is_finish]
+        return {
+            "nodes": len(self.tree.nodes),
+            "max_depth": max(n.depth for n in self.tree.nodes),
+            "correct_leaves": sum(1 for n in finishes if n.correct),
+            "incorrect_leaves": sum(1 for n in finishes if not n.correct),
+            "generated_tokens": sum(n.generated_tokens for n in self.tree.nodes),
+            "rollouts": sum(n.rollout_total for n in self.tree.nodes),
+        }

@@ -1,0 +1,104 @@
+"""The cross-tree scheduler: many searches advance together, one batched engine call per tick.
+
+Each live search is a generator (see :mod:`medsss.search.mcts`) parked on the requests it needs.
+A tick gathers the parked requests of every live tree, sends them to the backend as one batch,
+hands each tree its completions and parks it again. ``concurrent_trees=1`` is the
+one-tree-at-a-time baseline.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from medsss.data.records import Problem
+from medsss.generation.base import Backend, GenerationRequest
+from medsss.search.mcts import Requests, SearchProcess, SearchResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Live:
+    problem: Problem
+    process: SearchProcess
+    pending: Requests
+
+
+def _describe(error: BaseException) -> str:
+    frame = traceback.extract_tb(error.__traceback__)[-1:] if error.__traceback__ else []
+    where = f" at {frame[0].filename}:{frame[0].lineno}" if frame else ""
+    return f"{type(error).__name__}: {error}{where}"
+
+
+def run_searches(
+    problems: Iterable[Problem],
+    start_search: Callable[[Problem], SearchProcess],
+    backend: Backend,
+    concurrent_trees: int,
+    on_done: Callable[[Problem, SearchResult], None],
+    on_failed: Callable[[Problem, str], None],
+    on_tick: Callable[[], None] | None = None,
+) -> None:
+    """Drive the searches of ``problems`` to completion, ``concurrent_trees`` at a time.
+
+    A search that raises, or whose generation fails, is reported to ``on_failed`` and dropped;
+    the others go on.
+    """
+    queue = iter(problems)
+    live: list[_Live] = []
+
+    def advance(problem: Problem, process: SearchProcess, reply: object) -> None:
+        try:
+            requests = process.send(reply)  # type: ignore[arg-type]
+        except StopIteration as stop:
+            on_done(problem, stop.value)
+        except Exception as error:  # one bad problem never stops the run
+            log.warning("search of '%s' failed: %s", problem.id, _describe(error))
+            on_failed(problem, _describe(error))
+        else:
+            live.append(_Live(problem, process, requests))
+
+    while True:
+        while len(live) < concurrent_trees:
+            problem = next(queue, None)
+            if problem is None:
+                break
+            try:
+                process = start_search(problem)
+            except Exception as error:
+                on_failed(problem, _describe(error))
+                continue
+            advance(problem, process, None)
+        if not live:
+            return
+        ticking, live = live, []
+        for item, replies in zip(ticking, _generate_isolated(backend, ticking)):
+            if isinstance(replies, str):
+                on_failed(item.problem, replies)
+                item.process.close()
+            else:
+                advance(item.problem, item.process, replies)
+        if on_tick is not None:
+            on_tick()
+
+
+def _generate_isolated(backend: Backend, items: list[_Live]) -> list[list | str]:
+    """One batched call for all trees; if it fails, retry tree by tree so only the tree whose
+    requests fail is dropped (its reason returned as a string)."""
+    batch: list[GenerationRequest] = [r for item in items for r in item.pending]
+    try:
+        completions = backend.generate(batch)
+    except Exception as error:
+        if len(items) == 1:
+            return [f"generation failed: {_describe(error)}"]
+        log.warning("batched generation failed (%s); retrying tree by tree", _describe(error))
+        return [_generate_isolated(backend, [item])[0] for item in items]
+    out: list[list | str] = []
+    cursor = 0
+    for item in items:
+        out.append(completions[cursor : cursor + len(item.pending)])
+        cursor += len(item.pending)
+    return out

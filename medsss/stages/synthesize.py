@@ -1,0 +1,165 @@
+"""Stage ``synthesize``: MCTS over the configured problems, into a resumable tree store."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from medsss.data.loaders import load_problems
+from medsss.data.prompts import build_messages
+from medsss.data.records import Problem
+from medsss.metrics import peak_memory_mb, write_json
+from medsss.search.export import write_trajectories
+from medsss.search.mcts import SearchConfig, SearchResult, TreeSearch
+from medsss.search.scheduler import run_searches
+from medsss.search.store import TreeStore, config_hash
+
+log = logging.getLogger(__name__)
+
+
+def synthesis_hash(search: SearchConfig, model_id: str, system_prompt: str | None) -> str:
+    # Scheduling does not change what a tree is, so a resumed run may use other concurrency.
+    settings = {k: v for k, v in dataclasses.asdict(search).items() if k != "concurrent_trees"}
+    return config_hash({"search": settings, "model": model_id, "system_prompt": system_prompt})
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    data = load_problems(instantiate(cfg.data))
+    for message in data.skipped:
+        log.warning("skipped: %s", message)
+    search: SearchConfig = instantiate(cfg.search)
+    model = instantiate(cfg.model)
+    system_prompt = cfg.prompt.system
+    store = TreeStore(
+        run_dir, synthesis_hash(search, model.id, system_prompt), cfg.stage.allow_config_change
+    )
+    todo = [p for p in data.problems if p.id not in store]
+    log.info(
+        "%d problems from %s: %d already stored, %d to search (%d failed before, retried)",
+        len(data.problems), data.path, len(data.problems) - len(todo), len(todo),
+        sum(1 for p in todo if p.id in store.earlier_failures),
+    )
+
+    tracker = instantiate(cfg.logger)
+    tracker.start(OmegaConf.to_container(cfg, resolve=True), run_dir)
+    counters = {"done": 0, "failed": 0, "nodes": 0}
+    backend = instantiate(cfg.backend)(model=model) if todo else None
+    search_started = time.perf_counter()
+
+    if backend is not None:
+        progress = tqdm(total=len(todo), unit="problem", desc="synthesize", dynamic_ncols=True)
+
+        def start_search(problem: Problem):
+            return TreeSearch(problem, build_messages(problem.question, system_prompt), search).run()
+
+        def on_done(problem: Problem, result: SearchResult) -> None:
+            store.append(tree_record(problem, result, model.id))
+            counters["done"] += 1
+            counters["nodes"] += result.stats["nodes"]
+            progress.update(1)
+            tracker.log({"synthesis/" + k: v for k, v in _live_metrics(backend, search_started, counters).items()},
+                        step=counters["done"] + counters["failed"])
+
+        def on_failed(problem: Problem, reason: str) -> None:
+            store.record_failure(problem.id, reason)
+            counters["failed"] += 1
+            progress.update(1)
+
+        def on_tick() -> None:
+            elapsed = max(time.perf_counter() - search_started, 1e-9)
+            progress.set_postfix(
+                nodes=counters["nodes"], failed=counters["failed"],
+                tok_s=f"{backend.stats.generated_tokens / elapsed:.0f}", refresh=False,
+            )
+
+        try:
+            run_searches(todo, start_search, backend, search.concurrent_trees, on_done, on_failed, on_tick)
+        finally:
+            progress.close()
+
+    counts = write_trajectories(store.records(), run_dir)
+    wall = time.perf_counter() - started
+    search_wall = time.perf_counter() - search_started
+    metrics = {
+        "stage": "synthesize",
+        "model": model.id,
+        "data": str(data.path),
+        "problems": len(data.problems),
+        "skipped_rows": len(data.skipped),
+        "searched_this_run": counters["done"],
+        "failed_this_run": counters["failed"],
+        "stored_trees": len(store),
+        "nodes_this_run": counters["nodes"],
+        "wall_seconds": round(wall, 3),
+        "search_seconds": round(search_wall, 3),
+        "problems_per_hour": round(3600 * counters["done"] / search_wall, 2) if counters["done"] else 0.0,
+        "concurrent_trees": search.concurrent_trees,
+        **{f"trajectories_{k}": v for k, v in counts.items()},
+        **(backend.stats.as_dict() if backend is not None else {}),
+        **peak_memory_mb(),
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    tracker.log({"synthesis/" + k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    tracker.log_table("sample_trajectories", *_sample_table(store, limit=cfg.stage.table_rows))
+    tracker.finish()
+    if backend is not None:
+        backend.close()
+    log.info(
+        "synthesis: %d trees stored (%d correct, %d incorrect chains) in %s",
+        len(store), counts["pos_chains"], counts["neg_chains"], run_dir,
+    )
+    return metrics
+
+
+def tree_record(problem: Problem, result: SearchResult, model_id: str) -> dict[str, Any]:
+    return {
+        "id": problem.id,
+        "question": problem.question,
+        "answer": problem.answer,
+        "kind": problem.kind,
+        "source": problem.source,
+        "model": model_id,
+        "stop_reason": result.stop_reason,
+        "iterations": result.iterations,
+        "stats": result.stats,
+        "finished_at": time.time(),
+        **result.tree.to_dict(),
+    }
+
+
+def _live_metrics(backend, started: float, counters: dict[str, int]) -> dict[str, float]:
+    elapsed = max(time.perf_counter() - started, 1e-9)
+    return {
+        "problems_done": counters["done"],
+        "problems_failed": counters["failed"],
+        "nodes": counters["nodes"],
+        "generated_tokens_per_second": backend.stats.generated_tokens / elapsed,
+        "problems_per_hour": 3600 * counters["done"] / elapsed,
+        "mean_batch_size": backend.stats.mean_batch_size,
+    }
+
+
+def _sample_table(store: TreeStore, limit: int) -> tuple[list[str], list[list[Any]]]:
+    from medsss.search.export import trajectories
+
+    columns = ["id", "answer", "correct", "min_value", "solution"]
+    rows: list[list[Any]] = []
+    for record in store.records():
+        line = trajectories(record)
+        for label, chains in (("pos", line["pos"]), ("neg", line["neg"])):
+            if chains:
+                chain = chains[0]
+                solution = "\n\n".join(f"Step {s['step']}: {s['text']}" for s in chain)
+                rows.append([line["id"], line["answer"], label == "pos",
+                             min(s["value"] for s in chain[1:]) if len(chain) > 1 else None, solution])
+        if len(rows) >= limit:
+            break
+    return columns, rows[:limit]
