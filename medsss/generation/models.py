@@ -39,6 +39,7 @@ class ModelSpec:
     trust_remote_code: bool = False
     max_model_len: int = 4096
     tiny: dict[str, Any] = field(default_factory=dict)  # LlamaConfig overrides for source=tiny
+    tokenizer: str = "bpe"  # source=tiny: "bpe" (4k vocabulary) or "smollm2" (49k)
     seed: int = 0
 
     def resolve(self) -> str:
@@ -46,7 +47,7 @@ class ModelSpec:
         if self.source == EMBEDDED_SMOLLM2:
             return str(embedded_smollm2_path())
         if self.source == TINY:
-            return str(tiny_llama_path(self.tiny, seed=self.seed))
+            return str(tiny_llama_path(self.tiny, seed=self.seed, tokenizer=self.tokenizer))
         path = Path(self.source).expanduser()
         return str(path) if path.exists() else self.source
 
@@ -120,36 +121,82 @@ _TINY_DEFAULTS: dict[str, Any] = {
     "tie_word_embeddings": True,
 }
 
+# ChatML, the layout SmolLM2 and many instruct models use.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
+    "+ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% endif %}"
+)
 
-def tiny_llama_path(overrides: dict[str, Any] | None = None, seed: int = 0) -> Path:
-    """A tiny random Llama with SmolLM2's real tokenizer, built locally and cached.
 
-    Mechanics tests and speed benchmarks use it: it runs the real code paths in milliseconds.
+TINY_VOCAB = 4096
+
+
+def train_tiny_tokenizer(vocab_size: int = TINY_VOCAB):
+    """A byte-level BPE tokenizer trained on the bundled questions, with ChatML special tokens.
+
+    Byte-level, so it encodes any text; small, so a tiny model's cost is its layers and not a
+    50k-way softmax. Training is deterministic and takes a few hundred milliseconds.
     """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from medsss.data.loaders import bundled_medqa_path
+    from medsss.data.prompts import FORCE_ANSWER_SUFFIX, REFLECT_OPENING, STEP_ZERO
+
+    corpus = [STEP_ZERO, FORCE_ANSWER_SUFFIX.strip() + " A.", REFLECT_OPENING, "Step 1:", "\n\nStep 2:"]
+    for line in bundled_medqa_path().read_text(encoding="utf-8").splitlines():
+        item = json.loads(line)
+        corpus.append(item["question"] + "\n" + "\n".join(f"{k}. {v}" for k, v in item["options"].items()))
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False,
+                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>",
+        pad_token="<|im_end|>", unk_token="<|endoftext|>",
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def tiny_llama_path(overrides: dict[str, Any] | None = None, seed: int = 0, tokenizer: str = "bpe") -> Path:
+    """A tiny random Llama with a real tokenizer, built locally and cached.
+
+    ``tokenizer``: ``bpe`` (a 4k-vocabulary byte-level BPE trained on the bundled questions; the
+    default, needs nothing else) or ``smollm2`` (SmolLM2's 49k vocabulary, from the embedded
+    model). Mechanics tests and speed benchmarks use it: it runs the real code paths in
+    milliseconds.
+    """
+    if tokenizer not in ("bpe", "smollm2"):
+        raise ValueError(f"model.tokenizer '{tokenizer}' must be 'bpe' or 'smollm2'")
     config_values = {**_TINY_DEFAULTS, **(overrides or {})}
-    digest = hashlib.sha1(json.dumps([config_values, seed], sort_keys=True).encode()).hexdigest()[:10]
+    digest = hashlib.sha1(json.dumps([config_values, seed, tokenizer, TINY_VOCAB], sort_keys=True).encode()).hexdigest()[:10]
     target = cache_root() / "models" / f"tiny-llama-{digest}"
 
     def build(out: Path) -> None:
         import torch
         from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-        tokenizer = AutoTokenizer.from_pretrained(embedded_smollm2_path())
+        tok = train_tiny_tokenizer() if tokenizer == "bpe" else AutoTokenizer.from_pretrained(embedded_smollm2_path())
         config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+            vocab_size=len(tok),
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
             **config_values,
         )
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
         model.generation_config = GenerationConfig(
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         )
         model.save_pretrained(out, safe_serialization=True)
-        tokenizer.save_pretrained(out)
+        tok.save_pretrained(out)
 
     return _atomic_build(target, build)

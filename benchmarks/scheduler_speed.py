@@ -1,0 +1,61 @@
+"""Cross-tree scheduler vs one tree at a time: synthesis wall time on the same problems.
+
+    python benchmarks/scheduler_speed.py [--problems 16] [--trees 8] [--model tiny]
+
+Both runs use the same model, problems and search settings; only ``search.concurrent_trees``
+differs. Prints each run's wall time, engine calls and mean batch size, and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _compose import compose_config  # noqa: E402
+
+from medsss.stages.synthesize import run as synthesize  # noqa: E402
+
+
+def measure(overrides: list[str], trees: int) -> dict:
+    cfg = compose_config([*overrides, f"search.concurrent_trees={trees}"])
+    with tempfile.TemporaryDirectory() as run_dir:
+        started = time.perf_counter()
+        metrics = synthesize(cfg, Path(run_dir))
+        metrics["bench_wall_seconds"] = time.perf_counter() - started
+    return metrics
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--problems", type=int, default=16)
+    parser.add_argument("--trees", type=int, default=8)
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--search", default="tiny")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    overrides = [f"model={args.model}", f"search={args.search}", f"data.limit={args.problems}", "logger=none"]
+
+    measure([*overrides, "data.limit=1"], 1)  # warm-up: model conversion, caches, first-call costs
+    baseline = measure(overrides, 1)
+    batched = measure(overrides, args.trees)
+    ratio = baseline["bench_wall_seconds"] / batched["bench_wall_seconds"]
+
+    print(f"\nsynthesis of {args.problems} problems, model={args.model}, search={args.search}")
+    print(f"{'concurrent_trees':>18} {'wall s':>8} {'calls':>6} {'mean batch':>10} {'nodes':>6}")
+    for trees, m in ((1, baseline), (args.trees, batched)):
+        print(f"{trees:>18} {m['bench_wall_seconds']:>8.1f} {m['generation_calls']:>6} "
+              f"{m['mean_batch_size']:>10.1f} {m['nodes_this_run']:>6}")
+    print(f"speed-up (wall time, 1 tree / {args.trees} trees): {ratio:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps({"baseline": baseline, "batched": batched, "ratio": ratio}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
