@@ -132,7 +132,7 @@ class TreeSearch:
             texts = [truncate_at_step_marker(c.text).strip() for c in completions]
         else:
             completions = (yield [self.step_request(leaf, n=1, opening=REFLECT_OPENING)])[0]
-            texts = [REFLECT_OPENING + truncate_at_step_marker(c.text).strip()]
+            texts = [REFLECT_OPENING + truncate_at_step_marker(completions[0].text).strip()]
         children = []
         for text, completion in zip(self._distinct(texts), completions):
             if not text:

@@ -1,0 +1,37 @@
+"""Shared fixtures: the tiny model and backend (built once per session), config composition."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+BENCHMARKS = ROOT.parent / "shared" / "data" / "medical_benchmarks"
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    from hydra.utils import instantiate
+
+    return instantiate(compose(["model=tiny"]).model)
+
+
+@pytest.fixture(scope="session")
+def tiny_backend(tiny_model):
+    from medsss.generation.hf import HFBackend
+
+    return HFBackend(tiny_model, device="cpu", max_batch_size=64)

@@ -1,0 +1,74 @@
+"""Test doubles and builders shared by the search tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from medsss.data.records import Problem
+from medsss.generation.base import Completion, GenerationRequest, GenerationStats
+from medsss.search.tree import Node, Tree
+
+Respond = Callable[[GenerationRequest, int], str]
+
+
+class ScriptedBackend:
+    """A backend whose completions are a function of the request: drives the search logic
+    deterministically (the real backends are tested on their own)."""
+
+    model_id = "scripted"
+
+    def __init__(self, respond: Respond) -> None:
+        self.respond = respond
+        self.stats = GenerationStats()
+        self.calls: list[list[GenerationRequest]] = []
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        self.calls.append(list(requests))
+        self.stats.calls += 1
+        self.stats.requests += len(requests)
+        return [
+            [Completion(self.respond(r, i), "eos", prompt_tokens=10, generated_tokens=5) for i in range(r.n)]
+            for r in requests
+        ]
+
+    def close(self) -> None:
+        pass
+
+
+def drive(process, backend) -> object:
+    """Run one search generator to completion against ``backend``; return its result."""
+    try:
+        requests = next(process)
+        while True:
+            requests = process.send(backend.generate(requests))
+    except StopIteration as stop:
+        return stop.value
+
+
+def problem(answer: str = "A", pid: str = "p1") -> Problem:
+    return Problem(id=pid, question=f"Question {pid}?\nA. one\nB. two", answer=answer,
+                   options={"A": "one", "B": "two"})
+
+
+def build_tree(spec: dict[str, dict]) -> Tree:
+    """A tree from ``{"a": {"parent": "root", "visits": 2, "value": 0.5, ...}, ...}`` in order;
+    the root is ``"root"`` (give its fields under that key)."""
+    tree = Tree.with_root("t", "Let's break down this problem step by step.")
+    names = {"root": tree.root}
+    for name, fields in spec.items():
+        fields = dict(fields)
+        if name == "root":
+            for key, value in fields.items():
+                setattr(tree.root, key, value)
+            continue
+        parent = names[fields.pop("parent")]
+        kind = fields.pop("kind", "reason")
+        node = tree.add_child(parent, name, kind)
+        for key, value in fields.items():
+            setattr(node, key, value)
+        names[name] = node
+    return tree
+
+
+def by_text(tree: Tree, text: str) -> Node:
+    return next(n for n in tree.nodes if n.text == text)

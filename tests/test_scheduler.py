@@ -1,0 +1,63 @@
+"""The cross-tree scheduler: batching across trees changes the calls, not the trees; failures stay local."""
+
+from __future__ import annotations
+
+from helpers import ScriptedBackend, problem
+
+from medsss.data.prompts import build_messages
+from medsss.search.mcts import SearchConfig, TreeSearch
+from medsss.search.scheduler import run_searches
+
+CONFIG = SearchConfig(width=2, simulations=4, min_rollouts=2, correct_nodes=2, max_nodes=9)
+
+
+def respond(request, i):
+    # Deterministic in the request's content, so a tree does not depend on what it was batched with.
+    if request.stop:
+        return f"Idea {i} at {len(request.prefill) % 7}."
+    correct = (len(request.prefill) + i) % 3 == 0
+    return "The answer is A." if correct else "The answer is B."
+
+
+def synthesize(problems, trees: int, backend):
+    done, failed = {}, {}
+    run_searches(
+        problems,
+        lambda p: TreeSearch(p, build_messages(p.question, None), CONFIG).run(),
+        backend,
+        trees,
+        on_done=lambda p, result: done.__setitem__(p.id, result.tree.to_dict()),
+        on_failed=lambda p, reason: failed.__setitem__(p.id, reason),
+    )
+    return done, failed
+
+
+PROBLEMS = [problem(pid=f"q{k}") for k in range(6)]
+
+
+def test_batching_across_trees_cuts_engine_calls_and_leaves_the_trees_unchanged():
+    one_backend, many_backend = ScriptedBackend(respond), ScriptedBackend(respond)
+    one, _ = synthesize(PROBLEMS, 1, one_backend)
+    many, _ = synthesize(PROBLEMS, 4, many_backend)
+    assert one == many and len(one) == 6
+    assert len(many_backend.calls) < len(one_backend.calls) / 2
+    assert max(len(call) for call in many_backend.calls) > max(len(call) for call in one_backend.calls)
+
+
+def test_only_the_tree_whose_generation_fails_is_dropped():
+    def poisoned(request, i):
+        if "q3" in request.messages[-1]["content"]:
+            raise RuntimeError("CUDA error: device-side assert")
+        return respond(request, i)
+
+    done, failed = synthesize(PROBLEMS, 4, ScriptedBackend(poisoned))
+    assert set(done) == {"q0", "q1", "q2", "q4", "q5"}
+    assert list(failed) == ["q3"] and "CUDA error" in failed["q3"]
+
+
+def test_a_search_that_raises_is_reported_failed():
+    def broken(request, i):
+        return None if "q1" in request.messages[-1]["content"] else respond(request, i)  # not a string
+
+    done, failed = synthesize(PROBLEMS[:3], 3, ScriptedBackend(broken))
+    assert set(done) == {"q0", "q2"} and set(failed) == {"q1"}

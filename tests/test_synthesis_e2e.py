@@ -1,0 +1,129 @@
+"""Synthesis end to end on the tiny model: outputs, resume after a kill, bad input, W&B offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, compose
+
+from medsss.data.loaders import DataError, bundled_medqa_path
+from medsss.data.verify import extract_answer, is_correct
+from medsss.stages.synthesize import run as synthesize
+
+TINY = ["model=tiny", "search=tiny", "logger=none"]
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("synth")
+    metrics = synthesize(compose([*TINY, "data.limit=4", "logger=wandb"]), run_dir)
+    return run_dir, metrics
+
+
+def test_a_run_writes_trees_trajectories_and_metrics(tiny_run):
+    run_dir, metrics = tiny_run
+    trees = lines(run_dir / "trees.jsonl")
+    expected_ids = [json.loads(l)["id"] for l in bundled_medqa_path().read_text().splitlines()[:4]]
+    assert sorted(t["id"] for t in trees) == sorted(expected_ids)
+    trajectories = {t["id"]: t for t in lines(run_dir / "trajectories.jsonl")}
+    assert set(trajectories) == set(expected_ids)
+    for tree in trees:
+        line = trajectories[tree["id"]]
+        assert line["answer"] == tree["answer"] and line["question"] == tree["question"]
+        leaves = [n for n in tree["nodes"] if n["kind"] == "finish" and not n["children"]]
+        assert len(line["pos"]) + len(line["neg"]) == len(leaves) > 0
+        for chain in line["pos"] + line["neg"]:
+            assert chain[0]["step"] == 0 and [s["step"] for s in chain] == list(range(len(chain)))
+            assert all(0.0 <= s["value"] <= 1.0 for s in chain)
+        for leaf in leaves:  # correctness is the rule applied to the stated answer
+            assert leaf["answer"] == extract_answer(leaf["text"])
+            assert leaf["correct"] == is_correct(leaf["answer"], tree["answer"])
+    for key in ("wall_seconds", "problems_per_hour", "prompt_tokens", "generated_tokens",
+                "generation_calls", "mean_batch_size", "cached_prompt_tokens", "peak_rss_mb"):
+        assert key in metrics
+    assert metrics["searched_this_run"] == 4 and metrics["generated_tokens"] > 0
+    assert json.loads((run_dir / "metrics.json").read_text())["stored_trees"] == 4
+
+
+def test_wandb_offline_run_is_logged(tiny_run):
+    run_dir, _ = tiny_run
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert offline_runs, "logger=wandb with WANDB_MODE=offline writes an offline run"
+
+
+def test_rerun_into_the_same_directory_searches_nothing_again(tiny_run):
+    run_dir, _ = tiny_run
+    before = (run_dir / "trees.jsonl").read_text()
+    metrics = synthesize(compose([*TINY, "data.limit=4"]), run_dir)
+    assert metrics["searched_this_run"] == 0 and "generation_calls" not in metrics  # no backend started
+    assert (run_dir / "trees.jsonl").read_text() == before
+
+
+def test_a_run_killed_part_way_resumes_with_every_id_stored_once(tmp_path):
+    command = [sys.executable, "-m", "medsss.run", *TINY, "data.limit=6", "search.concurrent_trees=1",
+               f"hydra.run.dir={tmp_path}"]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    store = tmp_path / "trees.jsonl"
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and process.poll() is None:
+            if store.exists() and store.read_text().count("\n") >= 2:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, "the run finished before it could be killed"
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    stored_at_kill = store.read_text()
+    assert 2 <= stored_at_kill.count("\n") < 6
+    subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
+    ids = [t["id"] for t in lines(store)]
+    assert len(ids) == len(set(ids)) == 6
+    assert store.read_text().startswith(stored_at_kill)  # nothing already written was touched
+
+
+def test_a_malformed_row_stops_the_run_before_any_generation(tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text(
+        json.dumps({"id": "ok", "question": "Q?\nA. x\nB. y", "answer": "A"}) + "\n"
+        + json.dumps({"id": "bad", "question": "Q?\nA. x\nB. y", "answer": "C"}) + "\n"
+    )
+    run_dir = tmp_path / "run"
+    with pytest.raises(DataError, match=r"bad\.jsonl: row 2: gold answer 'C' is not among the options"):
+        synthesize(compose([*TINY, "data=jsonl", f"data.path={data}"]), run_dir)
+    assert not (run_dir / "trees.jsonl").exists()
+
+
+def test_skip_invalid_searches_the_good_rows(tmp_path):
+    data = tmp_path / "mixed.jsonl"
+    data.write_text(
+        json.dumps({"id": "ok", "question": "Q?\nA. x\nB. y", "answer": "A"}) + "\n" + "{not json\n"
+    )
+    metrics = synthesize(compose([*TINY, "data=jsonl", f"data.path={data}", "data.skip_invalid=true"]),
+                         tmp_path / "run")
+    assert (metrics["stored_trees"], metrics["skipped_rows"]) == (1, 1)
+
+
+@pytest.mark.slow
+def test_embedded_model_synthesis_end_to_end(tmp_path):
+    """The README's main job, shortened: the real model, real answers, both kinds of chains."""
+    metrics = synthesize(compose(["data.limit=2", "search.concurrent_trees=2"]), tmp_path)
+    assert metrics["stored_trees"] == 2 and metrics["failed_this_run"] == 0
+    trajectories = lines(tmp_path / "trajectories.jsonl")
+    chains = [c for t in trajectories for c in t["pos"] + t["neg"]]
+    assert chains and all(extract_answer(c[-1]["text"]) is not None for c in chains)
+    assert metrics["model"] == "SmolLM2-135M-Instruct" and metrics["cached_prompt_tokens"] > 0
