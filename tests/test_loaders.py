@@ -206,12 +206,6 @@ def test_pubmedqa_decision_outside_yes_no_maybe_names_file_and_row(tmp_path):
     assert str(path) in str(info.value)
 
 
-@pytest.mark.xfail(
-    reason="bug: read_pubmedqa takes any file that starts with '{' and has no '\\n{' for the "
-    "PMID-keyed JSON object, so a one-row JSONL file is read as a table of its fields and "
-    "load_problems raises TypeError (\"'str' object is not a mapping\") instead of loading the row",
-    strict=True,
-)
 def test_pubmedqa_jsonl_with_a_single_row_loads_that_row(tmp_path):
     path = write_jsonl(tmp_path / "pqa.jsonl", [{"id": "p1", "question": "Is X Y?", "final_decision": "yes"}])
     problems = load(path, "pubmedqa").problems
@@ -484,3 +478,16 @@ def test_shards_partition_the_limited_set_exactly(ten_problems, limit, num_shard
 def test_an_invalid_shard_raises(ten_problems, shard, num_shards):
     with pytest.raises(DataError, match="shard"):
         load(ten_problems, "medqa", shard=shard, num_shards=num_shards)
+
+
+def test_medmcqa_letter_cops_need_no_base(tmp_path):
+    rows = [{"id": "m1", "question": "Q?", "opa": "w", "opb": "x", "opc": "y", "opd": "z", "cop": "c"}]
+    path = write_jsonl(tmp_path / "letters.jsonl", rows)
+    assert [p.answer for p in load(path, "medmcqa").problems] == ["C"]
+
+
+def test_a_file_that_is_not_utf8_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes('{"id": "x", "question": "caf\xe9", "answer": "A"}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match="latin1.jsonl: not UTF-8"):
+        load(path, "jsonl")

@@ -105,11 +105,6 @@ def test_inner_periods_are_kept():
     assert extract_answer("The answer is 0.5 mg.") == "0.5 mg"
 
 
-@pytest.mark.xfail(
-    reason="bug: verify.py strips ' \\t' but not '\\r', so with CRLF line endings the answer "
-    "keeps the carriage return ('B.\\r' instead of 'B')",
-    strict=True,
-)
 def test_a_crlf_line_ending_is_not_part_of_the_answer():
     assert extract_answer("The answer is B.\r\nExplanation.") == "B"
 
@@ -232,3 +227,7 @@ def test_extract_then_judge_end_to_end():
     pred = extract_answer(solution)
     assert is_correct(pred, "C") is True
     assert is_correct(pred, "B") is False
+
+
+def test_a_non_breaking_space_is_stripped_like_any_space():
+    assert extract_answer("The answer is\u00a0C.") == "C"

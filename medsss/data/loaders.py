@@ -143,9 +143,16 @@ def _with_options(question: str, options: dict[str, str]) -> str:
 Row = tuple[int, "Problem | Exception"]
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+
+
 def _json_rows(path: Path) -> Iterator[tuple[int, Any]]:
     """Rows of a JSON list or of a JSONL file; bad JSON in a JSONL line is that row's error."""
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
@@ -217,9 +224,10 @@ def read_medmcqa(path: Path, spec: DataSpec) -> Iterator[Row]:
     base = spec.cop_base
     if base == "auto":
         cops = {item.get("cop") for _, item in rows if isinstance(item, dict)}
-        if 0 in cops:
+        numeric = {c for c in cops if isinstance(c, int)}
+        if 0 in numeric or not numeric:  # letters need no base
             base = 0
-        elif 4 in cops:
+        elif 4 in numeric:
             base = 1
         else:
             raise DataError(
@@ -270,17 +278,17 @@ _PUBMEDQA_OPTIONS = {"A": "yes", "B": "no", "C": "maybe"}
 
 
 def read_pubmedqa(path: Path, spec: DataSpec) -> Iterator[Row]:
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("{") and "\n{" not in text.strip():
+    text = _read_text(path)
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        whole = None
+    if isinstance(whole, dict) and whole and all(isinstance(v, dict) for v in whole.values()):
         # The original release: one JSON object keyed by PMID.
-        try:
-            table = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}: not valid JSON: {error}") from None
         rows: list[tuple[int, Any]] = [
-            (number, {"id": pmid, **item}) for number, (pmid, item) in enumerate(table.items(), start=1)
+            (number, {"id": pmid, **item}) for number, (pmid, item) in enumerate(whole.items(), start=1)
         ]
-    else:
+    else:  # JSONL rows (a one-row file parses as a single object too)
         rows = list(_json_rows(path))
 
     def build(number: int, item: dict[str, Any]) -> Problem:

@@ -33,7 +33,8 @@ def extract_answer(text: str | None) -> str | None:
             pass
         if last is None:
             continue
-        rest = text[last.end():].split("\n", 1)[0]
+        lines = text[last.end():].splitlines()
+        rest = lines[0] if lines else ""
         answer = _clean(rest)
         return answer or None
     return None
@@ -45,7 +46,7 @@ def _clean(fragment: str) -> str:
     # Strip until stable: "**C**." needs the period removed before the asterisks.
     while answer != previous:
         previous = answer
-        answer = answer.strip(_STRIP_CHARS).rstrip(".")
+        answer = answer.strip().strip(_STRIP_CHARS).rstrip(".")
     return answer
 
 
