@@ -35,6 +35,20 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     return _DTYPES[name]
 
 
+class _LRU(OrderedDict):
+    """A dict that forgets its least recently written entries beyond ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
+
 @dataclass
 class _Prefix:
     """The KV cache of one conversation's chat prompt (batch 1, true positions 0..P-1)."""
@@ -79,10 +93,11 @@ class HFBackend:
         eos = self.model.generation_config.eos_token_id
         self._eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         self._eos_ids.add(self.tokenizer.eos_token_id)
-        self._chat_cache: dict[tuple[tuple[str, str], ...], str] = {}
+        # Per-conversation caches are bounded: a long run sees every problem once.
+        self._chat_cache: _LRU[tuple[tuple[str, str], ...], str] = _LRU(4096)
+        self._chat_ids: _LRU[tuple[tuple[str, str], ...], list[int]] = _LRU(4096)
+        self._split_exact: _LRU[tuple[str, str], bool] = _LRU(4096)
         self._stop_cache: dict[tuple[str, ...], StopStringCriteria] = {}
-        self._chat_ids: dict[tuple[tuple[str, str], ...], list[int]] = {}
-        self._split_exact: dict[tuple[str, str], bool] = {}
         self.prefix_cache_size = prefix_cache_size
         self._prefix_cache: OrderedDict[tuple[tuple[str, str], ...], _Prefix] = OrderedDict()
         # Splicing cached keys in, and pre-allocating room, assume plain full-attention layers
@@ -99,13 +114,14 @@ class HFBackend:
 
     def chat_text(self, request: GenerationRequest) -> str:
         """The chat template with an open assistant turn (cached per conversation)."""
-        key = self._messages_key(request)
-        chat = self._chat_cache.get(key)
+        return self._chat(self._messages_key(request))
+
+    def _chat(self, conversation: tuple[tuple[str, str], ...]) -> str:
+        chat = self._chat_cache.get(conversation)
         if chat is None:
-            chat = self.tokenizer.apply_chat_template(
-                list(request.messages), tokenize=False, add_generation_prompt=True
-            )
-            self._chat_cache[key] = chat
+            messages = [{"role": role, "content": content} for role, content in conversation]
+            chat = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            self._chat_cache[conversation] = chat
         return chat
 
     def prompt_text(self, request: GenerationRequest) -> str:
@@ -244,7 +260,7 @@ class HFBackend:
         computed = 0
         missing = list(dict.fromkeys(c for c in conversations if c not in self._prefix_cache))
         if missing:
-            texts = [self._chat_cache[c] for c in missing]
+            texts = [self._chat(c) for c in missing]
             encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
             ids, mask = encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device)
             cache = DynamicCache(config=self.model.config)
@@ -274,11 +290,11 @@ class HFBackend:
         whole text, and shapes that differ (e.g. SentencePiece's leading space) fall back to it.
         """
         tokenize = self.tokenizer
-        prefills = [text[len(self._chat_cache[c]) :] for text, c in zip(texts, conversations)]
+        prefills = [text[len(self._chat(c)) :] for text, c in zip(texts, conversations)]
         prefill_ids = tokenize(prefills, add_special_tokens=False)["input_ids"] if texts else []
         full = []
         for text, conversation, prefill, ids in zip(texts, conversations, prefills, prefill_ids):
-            chat = self._chat_cache[conversation]
+            chat = self._chat(conversation)
             chat_ids = self._chat_ids.get(conversation)
             if chat_ids is None:
                 chat_ids = self._chat_ids[conversation] = tokenize(chat, add_special_tokens=False)["input_ids"]
