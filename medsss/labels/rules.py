@@ -1,0 +1,33 @@
+"""Per-step PRM labels from the node values of one chain (DESIGN.md section 4)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+LABEL_RULES = ("soft", "hard", "value_dynamics")
+
+
+def prm_labels(values: Sequence[float], rule: str, threshold: float = 0.5, factor: float = 1.0) -> list[float]:
+    """Labels of steps 1..K from the values of steps 0..K (step 0 is never labelled).
+
+    - ``soft``: ``y_k = V_k``;
+    - ``hard``: ``y_k = 1 if V_k > threshold else 0``;
+    - ``value_dynamics``: ``y_k = clip(V_k - factor * (V_{k-1} - V_k), 0, 1)``: a step that lowers
+      the value is penalised, one that raises it rewarded. Computed from the raw values, never
+      from earlier labels (a recursion on labels makes them oscillate).
+    """
+    if rule not in LABEL_RULES:
+        raise ValueError(f"label rule '{rule}' must be one of {LABEL_RULES}")
+    if len(values) < 2:
+        raise ValueError(f"a chain needs step 0 and at least one labelled step, got {len(values)} values")
+    for index, value in enumerate(values):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"value of step {index} is {value}, outside [0, 1]")
+    if rule == "soft":
+        return [float(v) for v in values[1:]]
+    if rule == "hard":
+        return [1.0 if v > threshold else 0.0 for v in values[1:]]
+    return [
+        min(1.0, max(0.0, current - factor * (previous - current)))
+        for previous, current in zip(values[:-1], values[1:])
+    ]

@@ -1,0 +1,123 @@
+"""PRM label rules on hand-written value chains: exact labels, step 0 never labelled."""
+
+import json
+
+import pytest
+from helpers import build_tree
+
+from medsss.labels import prm_labels
+from medsss.labels.views import chains_of, prm_rows, read_trees, sft_rows, step_weights, write_rows
+
+CHAIN = [0.4, 0.6, 0.3, 0.3, 1.0]  # values of steps 0..4
+
+
+def test_soft_labels_are_the_values_of_steps_one_to_k():
+    assert prm_labels(CHAIN, "soft") == [0.6, 0.3, 0.3, 1.0]
+
+
+def test_hard_labels_threshold_strictly():
+    assert prm_labels(CHAIN, "hard") == [1.0, 0.0, 0.0, 1.0]
+    assert prm_labels([0.0, 0.5, 0.51], "hard", threshold=0.5) == [0.0, 1.0]
+    assert prm_labels(CHAIN, "hard", threshold=0.25) == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_value_dynamics_rewards_rises_and_penalises_drops_from_raw_values():
+    # y_k = clip(V_k - (V_{k-1} - V_k), 0, 1)
+    # step 1: 0.6 - (0.4 - 0.6) = 0.8;  step 2: 0.3 - (0.6 - 0.3) = 0.0;
+    # step 3: 0.3 - 0 = 0.3;            step 4: 1.0 - (0.3 - 1.0) = 1.7 -> 1.0
+    assert prm_labels(CHAIN, "value_dynamics") == pytest.approx([0.8, 0.0, 0.3, 1.0])
+
+
+def test_value_dynamics_factor_scales_the_change():
+    # step 1: 0.6 - 0.5 * (0.4 - 0.6) = 0.7;  step 2: 0.3 - 0.5 * 0.3 = 0.15
+    assert prm_labels([0.4, 0.6, 0.3], "value_dynamics", factor=0.5) == pytest.approx([0.7, 0.15])
+
+
+def test_value_dynamics_is_not_a_recursion_on_labels():
+    # A recursion y_k = clip(V_k - (y_{k-1} - V_k)) would give step 2 = 0.5 - (0.8 - 0.5) = 0.2;
+    # from raw values step 2 = 0.5 - (0.6 - 0.5) = 0.4.
+    assert prm_labels([0.4, 0.6, 0.5], "value_dynamics") == pytest.approx([0.8, 0.4])
+
+
+def test_a_single_step_chain_gets_one_label():
+    assert prm_labels([0.2, 1.0], "soft") == [1.0]
+
+
+@pytest.mark.parametrize("values, rule, message", [
+    ([0.5], "soft", "at least one labelled step"),
+    ([0.5, 1.2], "soft", "step 1 is 1.2"),
+    ([0.5, 0.5], "linear", "must be one of"),
+])
+def test_bad_input_is_a_clear_error(values, rule, message):
+    with pytest.raises(ValueError, match=message):
+        prm_labels(values, rule)
+
+# --- views over stored trees ------------------------------------------------------------------
+
+
+
+def stored(tree, pid="p1"):
+    return {"id": pid, "question": "Q?", "answer": "A", **tree.to_dict()}
+
+
+def two_answer_tree():
+    #            root
+    #        a (0.5, 4 rollouts)        b (0.2, 2 rollouts)
+    #   right (finish, 1)  wrong (finish, 0)     m (copied 0.2) -> right2 (finish, 1)
+    return build_tree({
+        "root": {"visits": 3, "value": 0.4},
+        "a": {"parent": "root", "visits": 2, "value": 0.5, "rollout_total": 4, "rollout_correct": 2},
+        "b": {"parent": "root", "visits": 2, "value": 0.2, "rollout_total": 2, "rollout_correct": 0},
+        "right. The answer is A.": {"parent": "a", "kind": "finish", "visits": 1, "value": 1.0, "correct": True},
+        "wrong. The answer is B.": {"parent": "a", "kind": "finish", "visits": 1, "value": 0.0, "correct": False},
+        "m": {"parent": "b", "visits": 1, "value": 0.2},
+        "right again. The answer is A.": {"parent": "m", "kind": "finish", "visits": 1, "value": 1.0, "correct": True},
+    })
+
+
+def test_chains_are_root_to_finish_leaf_paths_with_their_values():
+    chains = chains_of(stored(two_answer_tree()))
+    assert [(c.steps[1:], c.values[1:], c.correct) for c in chains] == [
+        (["a", "right. The answer is A."], [0.5, 1.0], True),
+        (["a", "wrong. The answer is B."], [0.5, 0.0], False),
+        (["b", "m", "right again. The answer is A."], [0.2, 0.2, 1.0], True),
+    ]
+
+
+def test_sft_keeps_distinct_correct_chains_best_minimum_value_first():
+    rows = sft_rows([stored(two_answer_tree())])
+    assert [r["steps"][-1] for r in rows] == ["right. The answer is A.", "right again. The answer is A."]
+    assert [r["min_value"] for r in rows] == [0.5, 0.2]
+    assert [r["steps"][-1] for r in sft_rows([stored(two_answer_tree())], top_k=1)] == ["right. The answer is A."]
+
+
+def test_prm_rows_label_every_step_after_step_zero():
+    rows = prm_rows([stored(two_answer_tree())], rule="hard")
+    assert [r["labels"] for r in rows] == [[0.0, 1.0], [0.0, 0.0], [0.0, 0.0, 1.0]]
+    assert [len(r["labels"]) for r in rows] == [len(r["steps"]) - 1 for r in rows]
+
+
+def test_prm_rows_skip_problems_without_both_outcomes_unless_asked():
+    only_right = build_tree({"a": {"parent": "root", "kind": "finish", "visits": 1, "value": 1.0, "correct": True}})
+    records = [stored(only_right, "easy"), stored(two_answer_tree(), "mixed")]
+    assert {r["id"] for r in prm_rows(records)} == {"mixed"}
+    assert {r["id"] for r in prm_rows(records, require_both=False)} == {"easy", "mixed"}
+
+
+def test_weights_grow_with_rollouts_are_exact_for_outcomes_and_follow_copied_values():
+    chain = chains_of(stored(two_answer_tree()))[2]  # root, b (2 rollouts), m (copied), finish
+    assert step_weights(chain, full_rollouts=4) == [0.5, 0.5, 1.0]
+    rows = prm_rows([stored(two_answer_tree())], weight_rollouts=4)
+    assert rows[0]["weights"] == [1.0, 1.0]
+
+
+def test_views_read_stores_and_write_datasets_loadable_jsonl(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "trees.jsonl").write_text(json.dumps(stored(two_answer_tree())) + "\n")
+    rows = prm_rows(read_trees([run]), rule="soft")
+    path = write_rows(rows, tmp_path / "prm.jsonl")
+    from datasets import load_dataset
+
+    loaded = load_dataset("json", data_files=str(path), split="train")
+    assert loaded.num_rows == 3 and loaded[0]["labels"] == [0.5, 1.0]
