@@ -15,8 +15,9 @@ from tqdm.auto import tqdm
 from medsss.data.loaders import load_problems
 from medsss.data.prompts import build_messages
 from medsss.data.records import Problem
+from medsss.generation.base import Backend
 from medsss.metrics import peak_memory_mb, write_json
-from medsss.search.export import write_trajectories
+from medsss.search.export import trajectories, write_trajectories
 from medsss.search.mcts import SearchConfig, SearchResult, TreeSearch
 from medsss.search.scheduler import run_searches
 from medsss.search.store import TreeStore, config_hash
@@ -135,7 +136,7 @@ def tree_record(problem: Problem, result: SearchResult, model_id: str) -> dict[s
     }
 
 
-def _live_metrics(backend, started: float, counters: dict[str, int]) -> dict[str, float]:
+def _live_metrics(backend: Backend, started: float, counters: dict[str, int]) -> dict[str, float]:
     elapsed = max(time.perf_counter() - started, 1e-9)
     return {
         "problems_done": counters["done"],
@@ -148,8 +149,6 @@ def _live_metrics(backend, started: float, counters: dict[str, int]) -> dict[str
 
 
 def _sample_table(store: TreeStore, limit: int) -> tuple[list[str], list[list[Any]]]:
-    from medsss.search.export import trajectories
-
     columns = ["id", "answer", "correct", "min_value", "solution"]
     rows: list[list[Any]] = []
     for record in store.records():
