@@ -98,3 +98,17 @@ class WandbTracker(Tracker):
         if self.run is not None:
             self.run.finish()
             self.run = None
+
+
+def lightning_logger(tracker: Tracker, run_dir: str | Path):
+    """The Lightning logger matching a tracker (training stages log through Lightning)."""
+    if isinstance(tracker, WandbTracker):
+        from lightning.pytorch.loggers import WandbLogger
+
+        settings = {k: v for k, v in tracker.settings.items() if v not in (None, [])}
+        return WandbLogger(save_dir=str(run_dir), mode=tracker.mode, **settings)
+    if isinstance(tracker, CSVTracker):
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(run_dir), name="logs")
+    return False
