@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import CONF, compose
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from medsss.data.loaders import DataSpec
 from medsss.generation.models import ModelSpec
@@ -23,8 +24,10 @@ def instantiate_all(cfg) -> None:
     assert isinstance(instantiate(cfg.model), ModelSpec)
     assert isinstance(instantiate(cfg.logger), Tracker)
     assert callable(instantiate(cfg.backend))  # partial: the model is passed at run time
-    data = instantiate(cfg.data)
-    assert isinstance(data, DataSpec)
+    if "_target_" in cfg.data:
+        assert isinstance(instantiate(cfg.data), DataSpec)
+    else:  # the training stages read stored trees, named on the command line
+        assert OmegaConf.is_missing(cfg.data, "trees")
 
 
 def test_there_are_experiments():
@@ -55,6 +58,12 @@ def test_every_option_of_every_group_composes(group):
             overrides.append("data.path=/some/file")
         cfg = compose(overrides)
         instantiate_all(cfg)
+
+
+@pytest.mark.parametrize("option", options("trainer"))
+def test_every_trainer_composes(option):
+    cfg = compose([f"trainer={option}"])
+    assert cfg.trainer._target_ == "lightning.Trainer" and cfg.trainer.use_distributed_sampler is False
 
 
 def test_defaults_are_the_embedded_model_on_the_bundled_questions():

@@ -97,3 +97,13 @@ def test_two_process_ddp_on_cpu_finishes_and_saves(trees, tmp_path):
     assert (tmp_path / "final" / "value_head.safetensors").exists()
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["global_steps"] >= 1
+
+
+@pytest.mark.parametrize("logger, produced", [("csv", "logs/version_0/metrics.csv"), ("wandb", "wandb")])
+def test_training_logs_to_csv_or_wandb_offline(trees, tmp_path, logger, produced):
+    overrides = ["+experiment=prm_soft", f"data.trees={trees}", *TINY, f"logger={logger}"]
+    run_stage(compose(overrides), tmp_path)
+    assert (tmp_path / produced).exists()
+    if logger == "csv":
+        header = (tmp_path / produced).read_text().splitlines()[0]
+        assert "train/loss" in header and "val/step_auroc" in header

@@ -86,10 +86,14 @@ class PRMScorer:
     def inputs(self, question: str, steps: Sequence[str]) -> PRMInput:
         return prm_inputs(self.tokenizer, question, steps, self.system_prompt)
 
-    @torch.inference_mode()
     def score(self, question: str, candidates: Sequence[Sequence[str]]) -> list[list[float]]:
         """For each candidate (the texts of its steps 0..K), the scores of steps 1..K."""
-        items = [self.inputs(question, steps) for steps in candidates]
+        return self.score_chains([(question, steps) for steps in candidates])
+
+    @torch.inference_mode()
+    def score_chains(self, chains: Sequence[tuple[str, Sequence[str]]]) -> list[list[float]]:
+        """Scores of steps 1..K of each ``(question, steps)``; ``batch_size`` chains per forward."""
+        items = [self.inputs(question, steps) for question, steps in chains]
         scores: list[list[float]] = []
         for start in range(0, len(items), self.batch_size):
             chunk = items[start : start + self.batch_size]
