@@ -107,3 +107,14 @@ def test_training_logs_to_csv_or_wandb_offline(trees, tmp_path, logger, produced
     if logger == "csv":
         header = (tmp_path / produced).read_text().splitlines()[0]
         assert "train/loss" in header and "val/step_auroc" in header
+
+
+def test_an_unmerged_prm_adapter_loads_on_its_base(trees, tmp_path):
+    run_stage(compose(["+experiment=prm_soft", f"data.trees={trees}", *TINY, "stage.merge=false"]), tmp_path)
+    assert (tmp_path / "final" / "adapter_config.json").exists()
+    model = ProcessRewardModel.from_causal_lm(str(tmp_path / "final"))
+    from transformers import AutoTokenizer
+
+    scores = PRMScorer(model, AutoTokenizer.from_pretrained(tmp_path / "final"), None).score(
+        "Case 0?", [["Let's break down this problem step by step.", "idea 0", "The answer is A."]])
+    assert len(scores[0]) == 2

@@ -30,8 +30,20 @@ class ProcessRewardModel(nn.Module):
     def from_causal_lm(cls, path: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
         from transformers import AutoModel
 
-        body = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-        model = cls(body, body.config.hidden_size)
+        adapter = Path(path) / "adapter_config.json"
+        if adapter.exists():  # a LoRA adapter saved unmerged: load its base, then the adapter
+            import json
+
+            from peft import PeftModel
+
+            base_path = json.loads(adapter.read_text())["base_model_name_or_path"]
+            base = AutoModel.from_pretrained(base_path, dtype=dtype, trust_remote_code=trust_remote_code)
+            body = PeftModel.from_pretrained(base, path)
+            hidden = base.config.hidden_size
+        else:
+            body = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+            hidden = body.config.hidden_size
+        model = cls(body, hidden)
         model.head.to(dtype)
         head = Path(path) / HEAD_FILE
         if head.exists():
