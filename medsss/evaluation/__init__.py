@@ -1,0 +1,1 @@
+"""Benchmark evaluation: sample once, score once, evaluate every decoding strategy offline."""

@@ -1,0 +1,99 @@
+"""Aggregation and selection on hand-written candidate sets, ties and no-answer candidates included."""
+
+import math
+
+import pytest
+
+from medsss.decoding import aggregate, answer_key, select
+
+SCORES = [0.9, 0.4, 0.8]
+
+
+@pytest.mark.parametrize("how, expected", [
+    ("min", 0.4), ("mean", 0.7), ("prod", 0.9 * 0.4 * 0.8),
+    ("gmean", (0.9 * 0.4 * 0.8) ** (1 / 3)), ("last", 0.8),
+])
+def test_aggregations(how, expected):
+    assert aggregate(SCORES, how) == pytest.approx(expected)
+
+
+def test_single_step_candidates_aggregate_to_that_step():
+    assert {how: aggregate([0.3], how) for how in ("min", "mean", "prod", "gmean", "last")} == pytest.approx(
+        {"min": 0.3, "mean": 0.3, "prod": 0.3, "gmean": 0.3, "last": 0.3})
+
+
+def test_gmean_of_a_zero_score_is_zero_and_empty_is_an_error():
+    assert aggregate([0.0, 0.9], "gmean") == 0.0
+    with pytest.raises(ValueError, match="at least one scored step"):
+        aggregate([], "min")
+    with pytest.raises(ValueError, match="aggregation"):
+        aggregate([0.5], "max")
+
+
+def test_answer_keys_group_letters_and_normalise_text():
+    assert {answer_key(a) for a in ("C", "(C)", "C. Acute pancreatitis", "**c**", "C)")} == {"C"}
+    assert answer_key("Acute pancreatitis") == "acute pancreatitis"
+    assert answer_key("10  mg") == "10 mg"
+
+
+# index:        0              1              2              3              4
+CANDIDATES = [("B", [0.2]), ("A", [0.9, 0.3]), ("B", [0.6]), (None, [1.0]), ("A", [0.5, 0.5])]
+
+
+def test_self_consistency_takes_the_majority_and_its_first_candidate():
+    assert select([("B", [0.1]), ("A", [0.9]), ("A", [0.8]), ("B", [0.2]), ("A", [0.3])], "sc") == 1
+
+
+def test_self_consistency_tie_goes_to_the_answer_that_appears_first():
+    assert select(CANDIDATES, "sc") == 0  # A and B two votes each; B appears first
+
+
+def test_best_of_n_takes_the_best_aggregate_and_never_a_no_answer_candidate():
+    # min: 0.2, 0.3, 0.6, (none), 0.5 -> index 2; the unanswered 1.0 is ignored
+    assert select(CANDIDATES, "bon", "min") == 2
+    # last: 0.2, 0.3, 0.6, -, 0.5 -> 2;  mean: 0.2, 0.6, 0.6, -, 0.5 -> tie 1 and 2 -> lower index 1
+    assert select(CANDIDATES, "bon", "mean") == 1
+
+
+def test_pvs_sums_scores_per_answer_and_returns_its_best_candidate():
+    # min: S(B) = 0.2 + 0.6 = 0.8; S(A) = 0.3 + 0.5 = 0.8 -> tie; best single: B 0.6 > A 0.5 -> B -> index 2
+    assert select(CANDIDATES, "pvs", "min") == 2
+    # mean: S(B) = 0.8; S(A) = 0.6 + 0.5 = 1.1 -> A; its best candidate 1 (0.6)
+    assert select(CANDIDATES, "pvs", "mean") == 1
+
+
+def test_vote_mean_divides_by_the_number_of_votes():
+    cands = [("A", [0.9]), ("B", [0.5]), ("B", [0.5]), ("B", [0.5])]
+    assert select(cands, "pvs") == 1  # S(B) = 1.5 > 0.9
+    assert select(cands, "vote_mean") == 0  # 0.9 > 0.5
+
+
+def test_candidate_ties_within_an_answer_go_to_the_lower_index():
+    assert select([("C", [0.7]), ("C", [0.7])], "pvs") == 0
+
+
+def test_answer_ties_with_equal_best_candidates_go_to_the_first_answer():
+    assert select([("D", [0.5]), ("C", [0.5])], "pvs") == 0
+
+
+def test_no_answers_means_no_choice():
+    assert all(select([(None, [0.9]), ("", [0.8])], rule) is None
+               for rule in ("greedy", "sc", "bon", "pvs", "vote_mean"))
+
+
+def test_greedy_is_the_first_candidate_if_it_answered():
+    assert select([("A", [0.1]), ("B", [0.9])], "greedy") == 0
+    assert select([(None, [0.1]), ("B", [0.9])], "greedy") is None
+
+
+def test_letter_variants_vote_together():
+    assert select([("B", [0.9]), ("C. x", [0.1]), ("(C)", [0.1])], "sc") == 1
+
+
+def test_unknown_rule_is_an_error():
+    with pytest.raises(ValueError, match="selection"):
+        select([("A", [0.5])], "beam")
+
+
+def test_gmean_matches_math():
+    assert aggregate([0.25, 1.0], "gmean") == pytest.approx(math.sqrt(0.25))
