@@ -20,9 +20,9 @@ log = logging.getLogger("medsss")
 
 
 def _stages() -> dict[str, Callable[[DictConfig, Path], dict[str, Any]]]:
-    from medsss.stages import synthesize, train
+    from medsss.stages import evaluate, synthesize, train
 
-    return {"synthesize": synthesize.run, "sft": train.run_sft, "prm": train.run_prm}
+    return {"synthesize": synthesize.run, "sft": train.run_sft, "prm": train.run_prm, "evaluate": evaluate.run}
 
 
 def run_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:

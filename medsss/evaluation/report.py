@@ -1,0 +1,58 @@
+"""Results tables (Markdown, CSV) and accuracy-vs-N plots."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    fields: list[str] = []
+    for row in rows:
+        fields.extend(k for k in row if k not in fields)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    def fmt(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{100 * value:.1f}"
+        return "" if value is None else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot_accuracy_vs_n(grid: Sequence[dict[str, Any]], title: str, path: Path,
+                       series: Sequence[tuple[str, str]]) -> None:
+    """One line (with its bootstrap band) per (selection, aggregation)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(5.5, 3.8))
+    for selection, aggregation in series:
+        cells = sorted((r for r in grid if r["selection"] == selection and r["aggregation"] == aggregation),
+                       key=lambda r: r["n"])
+        if not cells:
+            continue
+        ns = [c["n"] for c in cells]
+        label = selection if aggregation == "-" else f"{selection} ({aggregation})"
+        axes.plot(ns, [100 * c["accuracy"] for c in cells], marker="o", label=label)
+        axes.fill_between(ns, [100 * c["ci_low"] for c in cells], [100 * c["ci_high"] for c in cells], alpha=0.15)
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("N (candidates)")
+    axes.set_ylabel("accuracy (%)")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
