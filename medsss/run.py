@@ -30,6 +30,7 @@ def run_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     name = cfg.stage.name
     if name not in stages:
         raise ValueError(f"unknown stage '{name}'; available: {', '.join(sorted(stages))}")
+    run_dir.mkdir(parents=True, exist_ok=True)
     return stages[name](cfg, run_dir)
 
 

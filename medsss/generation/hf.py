@@ -88,7 +88,13 @@ class HFBackend:
             path,
             dtype=resolve_dtype(model.dtype, device),
             trust_remote_code=model.trust_remote_code,
-        ).to(device)
+        )
+        if model.adapter:
+            from peft import PeftModel
+
+            # Merged once at load: generation then runs at the base model's speed.
+            self.model = PeftModel.from_pretrained(self.model, model.adapter).merge_and_unload()
+        self.model = self.model.to(device)
         self.model.eval()
         eos = self.model.generation_config.eos_token_id
         self._eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}

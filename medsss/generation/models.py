@@ -40,6 +40,7 @@ class ModelSpec:
     max_model_len: int = 4096
     tiny: dict[str, Any] = field(default_factory=dict)  # LlamaConfig overrides for source=tiny
     tokenizer: str = "bpe"  # source=tiny: "bpe" (4k vocabulary) or "smollm2" (49k)
+    adapter: str | None = None  # a LoRA adapter folder, merged into the weights at load time
     seed: int = 0
 
     def resolve(self) -> str:
