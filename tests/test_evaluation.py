@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from conftest import BENCHMARKS, compose
-from helpers import ScriptedBackend, problem
+from helpers import ScriptedBackend, build_tree, problem
 
 from medsss.evaluation.sampling import sample_and_score
 from medsss.generation.base import GenerationRequest
@@ -53,14 +53,23 @@ def test_eval_stage_writes_tables_grid_plots_and_resumes_from_its_cache(tmp_path
     from transformers import AutoTokenizer
 
     AutoTokenizer.from_pretrained(tiny_model.resolve()).save_pretrained(prm_dir)
+    held_out = tmp_path / "held_out"
+    held_out.mkdir()
+    tree = build_tree({
+        "a": {"parent": "root", "visits": 1, "value": 0.5, "rollout_total": 4},
+        "f": {"parent": "a", "kind": "finish", "visits": 1, "value": 0.0, "correct": False},
+    })
+    (held_out / "trees.jsonl").write_text(json.dumps({"id": "h", "question": "Q?", "answer": "A",
+                                                      **tree.to_dict()}) + "\n")
     overrides = ["+experiment=eval_bench", "model=tiny", f"stage.prm.path={prm_dir}", "stage.limit=2",
-                 "stage.n=4", "stage.max_tokens=12", "stage.bootstrap=5", "logger=none"]
+                 "stage.n=4", "stage.max_tokens=12", "stage.bootstrap=5", "logger=none",
+                 f"stage.diagnostics.trees={held_out}"]
     run_dir = tmp_path / "eval"
     metrics = run_stage(compose(overrides), run_dir)
     table = (run_dir / "results.md").read_text()
     for name in ("medqa", "medmcqa", "mmlu_medical", "pubmedqa", "bioasq", "pubhealth", "drugdose", "macro average"):
         assert f"| {name} |" in table
-    assert len(list((run_dir / "plots").glob("*.png"))) == 7
+    assert len(list((run_dir / "plots").glob("*.png"))) == 7 + 2  # one per benchmark, reliability, abstention
     grid = (run_dir / "grid.csv").read_text().splitlines()
     assert grid[0].startswith("benchmark,selection,aggregation,n,accuracy,ci_low,ci_high")
     assert len(grid) - 1 == 7 * 3 * (1 + 3 * 5)  # 7 benchmarks x N in {1,2,4} x (sc + 3 PRM rules x 5 aggregations)
@@ -68,6 +77,9 @@ def test_eval_stage_writes_tables_grid_plots_and_resumes_from_its_cache(tmp_path
     assert len(predictions) == 2 and {"id", "gold", "answer", "correct"} <= set(predictions[0])
     assert metrics["generations_sampled"] == 7 * 2 * 5 and metrics["generation_calls"] > 0
     assert metrics["generations_without_cache"] > metrics["generations_sampled"]
+    assert 0.0 <= metrics["prm_ece"] <= 1.0 and metrics["prm_diagnostic_steps"] == 2
+    assert (run_dir / "plots" / "reliability.png").exists() and (run_dir / "abstention.csv").exists()
+    assert "First-error detection" in (run_dir / "diagnostics.md").read_text()
 
     again = run_stage(compose(overrides), run_dir)
     assert again["generation_calls"] == 0  # every item came from the cache

@@ -56,3 +56,37 @@ def plot_accuracy_vs_n(grid: Sequence[dict[str, Any]], title: str, path: Path,
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def plot_reliability(table: Sequence[dict[str, Any]], ece: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(4.2, 4.0))
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
+    axes.plot([r["mean_score"] for r in table], [r["mean_value"] for r in table], marker="o", label="PRM")
+    axes.set_xlabel("PRM step score")
+    axes.set_ylabel("rollout value")
+    axes.set_title(f"reliability (ECE {ece:.3f})")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_abstention(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(4.2, 3.6))
+    axes.plot([100 * r["coverage"] for r in rows], [100 * r["accuracy"] for r in rows], marker="o")
+    axes.set_xlabel("coverage (%)  (most confident P-VS margins first)")
+    axes.set_ylabel("accuracy (%)")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -63,7 +63,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     for folder in ("cache", "predictions", "plots"):
         (run_dir / folder).mkdir(exist_ok=True)
 
-    results, grid_rows = [], []
+    results, grid_rows, all_items = [], [], []
     for entry in cfg.suite.benchmarks:
         spec = DataSpec(name=entry.name, format=entry.format, path=str(entry.path),
                         limit=stage.limit, skip_invalid=stage.skip_invalid)
@@ -79,6 +79,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             items_per_call=stage.items_per_call, seed=cfg.seed, on_item=lambda _: progress.update(1),
         )
         progress.close()
+        all_items += items
         grid = accuracy_grid(items, selections, list(stage.aggregations), rounds=stage.bootstrap, seed=cfg.seed)
         grid_rows += [{"benchmark": entry.name, **row} for row in grid]
         results.append(_summary(entry.name, items, grid, cfg.decode, stage.n))
@@ -88,6 +89,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     if not results:
         raise ValueError("no benchmark of the suite was found; check suite.benchmarks paths")
+    diagnostics = _diagnostics(cfg, run_dir, scorer, all_items) if scorer else {}
     results.append(_macro(results))
     columns = ["benchmark", "items", "greedy", "sc", "bon", "pvs", "vote_mean", "decode", "pass@1", f"pass@{stage.n}"]
     (run_dir / "results.md").write_text(
@@ -110,6 +112,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "generations_sampled": sampled,
         "generations_without_cache": without_cache,
         "grid_cells": len(grid_rows),
+        **diagnostics,
         **backend.stats.as_dict(),
         **peak_memory_mb(),
     }
@@ -120,6 +123,39 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     tracker.finish()
     backend.close()
     return metrics
+
+
+def _diagnostics(cfg: DictConfig, run_dir: Path, scorer, items: list[dict]) -> dict[str, Any]:
+    """Abstention by P-VS margin over every evaluated item; with ``stage.diagnostics.trees``, the
+    PRM's calibration against rollout values and its first-error F1 on those (held-out) trees."""
+    from medsss.evaluation.diagnostics import abstention_curve, calibration, first_error_f1
+    from medsss.evaluation.report import plot_abstention, plot_reliability
+    from medsss.labels.views import prm_rows, read_trees
+
+    out: dict[str, Any] = {}
+    curve = abstention_curve(items, cfg.decode.aggregation)
+    write_csv(curve, run_dir / "abstention.csv")
+    plot_abstention(curve, run_dir / "plots" / "abstention.png")
+    lines = ["All numbers in %.\n\n## Abstention (P-VS vote margin)\n", markdown_table(curve, ["coverage", "answered", "accuracy"])]
+    trees = cfg.stage.diagnostics.trees
+    if trees:
+        rows = prm_rows(read_trees([trees] if isinstance(trees, str) else list(trees)), rule="soft",
+                        require_both=False)
+        scores = scorer.score_chains([(r["question"], r["steps"]) for r in rows])
+        flat_scores = [s for chain in scores for s in chain]
+        flat_values = [v for r in rows for v in r["values"][1:]]
+        table, ece = calibration(flat_scores, flat_values, bins=cfg.stage.diagnostics.bins)
+        first = first_error_f1([(r["values"], s) for r, s in zip(rows, scores)])
+        write_csv(table, run_dir / "calibration.csv")
+        plot_reliability(table, ece, run_dir / "plots" / "reliability.png")
+        out.update({"prm_ece": ece, "prm_first_error_f1": first["f1"], "prm_diagnostic_steps": len(flat_scores)})
+        lines += [f"\n## Calibration against rollout values (ECE {ece:.3f}, {len(flat_scores)} steps)\n",
+                  markdown_table(table, ["bin", "count", "mean_score", "mean_value"]),
+                  f"\n## First-error detection\n\nF1 {first['f1']:.3f} (error chains {first['chains_with_error']}, "
+                  f"exact {first['error_accuracy']:.3f}; clean chains {first['chains_without']}, "
+                  f"unflagged {first['correct_accuracy']:.3f})\n"]
+    (run_dir / "diagnostics.md").write_text("\n".join(lines))
+    return out
 
 
 def _at(grid: list[dict], selection: str, aggregation: str, n: int) -> float | None:
