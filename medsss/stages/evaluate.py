@@ -31,9 +31,11 @@ def load_scorer(prm: DictConfig, system_prompt: str | None, device: str):
 
     from medsss.training.prm_model import PRMScorer, ProcessRewardModel
 
+    from medsss.generation.hf import resolve_dtype
+
     tokenizer = AutoTokenizer.from_pretrained(prm.get("tokenizer") or prm.path)
     if prm.layout == "scalar":
-        model = ProcessRewardModel.from_causal_lm(prm.path)
+        model = ProcessRewardModel.from_causal_lm(prm.path, resolve_dtype(prm.dtype, device))
     else:
         model = load_token_classifier(prm.path, prm.get("base"))
     return PRMScorer(model, tokenizer, system_prompt, layout=prm.layout, device=device, batch_size=prm.batch_size)
@@ -187,14 +189,21 @@ def _macro(results: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
+def _decoded(item: dict, decode: DictConfig) -> dict | None:
+    """The candidate the ``decode=`` strategy picks for a cached item (the greedy sample for
+    ``greedy``), or None."""
+    if decode.selection == "greedy":
+        return item.get("greedy")
+    pool = item["candidates"][: decode.n]
+    chosen = select([(c["answer"], c["step_scores"] or [0.0]) for c in pool], decode.selection, decode.aggregation)
+    return pool[chosen] if chosen is not None else None
+
+
 def _write_predictions(path: Path, items: list[dict], decode: DictConfig) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         for item in items:
-            pool = item["candidates"][: decode.n]
-            chosen = select([(c["answer"], c["step_scores"] or [0.0]) for c in pool], decode.selection,
-                            decode.aggregation) if decode.selection != "greedy" else None
-            answer = (item.get("greedy") or {}).get("answer") if decode.selection == "greedy" else (
-                pool[chosen]["answer"] if chosen is not None else None)
+            picked = _decoded(item, decode) or {}
+            answer = picked.get("answer")
             handle.write(json.dumps({"id": item["id"], "gold": item["gold"], "answer": answer,
-                                     "correct": is_correct(answer, item["gold"]),
-                                     "text": pool[chosen]["text"] if chosen is not None else None}) + "\n")
+                                     "correct": is_correct(answer, item["gold"]), "text": picked.get("text")},
+                                    ensure_ascii=False) + "\n")
