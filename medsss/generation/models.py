@@ -116,8 +116,8 @@ _TINY_DEFAULTS: dict[str, Any] = {
     "hidden_size": 64,
     "intermediate_size": 128,
     "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
+    "num_attention_heads": 1,  # head_dim 64, which vLLM's CPU attention supports
+    "num_key_value_heads": 1,
     "max_position_embeddings": 4096,
     "tie_word_embeddings": True,
 }
