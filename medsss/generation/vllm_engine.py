@@ -30,6 +30,8 @@ class VLLMBackend:
         merge_adapter: bool = False,
         max_lora_rank: int = 64,
         enforce_eager: bool = False,
+        enable_chunked_prefill: bool | None = None,
+        max_num_batched_tokens: int | None = None,
         seed: int = 0,
     ) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kvcache_space_gb))
@@ -60,6 +62,8 @@ class VLLMBackend:
             trust_remote_code=model.trust_remote_code,
             enforce_eager=enforce_eager,
             seed=seed,
+            **{k: v for k, v in (("enable_chunked_prefill", enable_chunked_prefill),
+                                 ("max_num_batched_tokens", max_num_batched_tokens)) if v is not None},
         )
         self.tokenizer = self.llm.get_tokenizer()
         self._chat_cache: dict[tuple[tuple[str, str], ...], str] = {}
