@@ -17,22 +17,58 @@ class ScriptedBackend:
 
     model_id = "scripted"
 
-    def __init__(self, respond: Respond) -> None:
+    def __init__(self, respond: Respond, cost: Callable[[GenerationRequest], int] = lambda r: 1) -> None:
         self.respond = respond
+        self.cost = cost  # engine steps a request takes to decode
+        self.steps = 0
         self.stats = GenerationStats()
         self.calls: list[list[GenerationRequest]] = []
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
-        self.calls.append(list(requests))
-        self.stats.calls += 1
-        self.stats.requests += len(requests)
+    def complete(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         return [
             [Completion(self.respond(r, i), "eos", prompt_tokens=10, generated_tokens=5) for i in range(r.n)]
             for r in requests
         ]
 
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        self.calls.append(list(requests))
+        self.stats.calls += 1
+        self.stats.requests += len(requests)
+        self.steps += max((self.cost(r) for r in requests), default=0)  # a batch lasts as long as its longest
+        return self.complete(requests)
+
     def close(self) -> None:
         pass
+
+
+class StreamingScriptedBackend(ScriptedBackend):
+    """Continuous batching in miniature: submitted tickets decode side by side, one engine step
+    per round, and each finishes after the steps its longest request costs."""
+
+    streaming = True
+
+    def __init__(self, respond: Respond, cost: Callable[[GenerationRequest], int] = lambda r: 1) -> None:
+        super().__init__(respond, cost)
+        self._open: dict[int, list] = {}
+        self._next = 0
+
+    def submit(self, requests: Sequence[GenerationRequest]) -> int:
+        results = self.complete(requests)  # a request the engine refuses raises here
+        ticket, self._next = self._next, self._next + 1
+        self.calls.append(list(requests))
+        self._open[ticket] = [max(self.cost(r) for r in requests), results]
+        return ticket
+
+    def collect(self) -> list[tuple[int, list[list[Completion]]]]:
+        assert self._open, "collect() with nothing submitted"
+        finished: list[tuple[int, list[list[Completion]]]] = []
+        while not finished:
+            self.steps += 1
+            for ticket in list(self._open):
+                self._open[ticket][0] -= 1
+                if self._open[ticket][0] <= 0:
+                    finished.append((ticket, self._open.pop(ticket)[1]))
+        return finished
 
 
 def drive(process, backend) -> object:

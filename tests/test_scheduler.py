@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from helpers import ScriptedBackend, problem
+from helpers import ScriptedBackend, StreamingScriptedBackend, problem
 
 from medsss.data.prompts import build_messages
 from medsss.search.mcts import SearchConfig, TreeSearch
@@ -61,3 +61,30 @@ def test_a_search_that_raises_is_reported_failed():
 
     done, failed = synthesize(PROBLEMS[:3], 3, ScriptedBackend(broken))
     assert set(done) == {"q0", "q2"} and set(failed) == {"q1"}
+
+
+def test_a_streaming_engine_gives_the_same_trees_without_waiting_for_other_trees():
+    # q0's completions take 8 engine steps, everyone else's 1. In lockstep ticks q0's partner
+    # waits for it every tick; streamed, the other trees all finish while q0 decodes, so the run
+    # lasts exactly as long as q0's own chain of requests.
+    def cost(request):
+        return 8 if "q0" in request.messages[-1]["content"] else 1
+
+    alone = ScriptedBackend(respond)
+    synthesize(PROBLEMS[:1], 1, alone)
+    ticks, streamed = ScriptedBackend(respond, cost), StreamingScriptedBackend(respond, cost)
+    lockstep, _ = synthesize(PROBLEMS, 2, ticks)
+    continuous, failed = synthesize(PROBLEMS, 2, streamed)
+    assert continuous == lockstep and len(continuous) == 6 and not failed
+    assert streamed.steps == 8 * len(alone.calls) < ticks.steps
+
+
+def test_a_request_the_streaming_engine_refuses_fails_its_tree_only():
+    def refused(request, i):
+        if "q2" in request.messages[-1]["content"]:
+            raise ValueError("prompt longer than max_model_len")
+        return respond(request, i)
+
+    done, failed = synthesize(PROBLEMS, 3, StreamingScriptedBackend(refused))
+    assert set(done) == {"q0", "q1", "q3", "q4", "q5"}
+    assert list(failed) == ["q2"] and "max_model_len" in failed["q2"]

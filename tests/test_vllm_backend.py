@@ -69,13 +69,68 @@ def test_n_samples_seeds_and_prefix_cache_hits(vllm_backend):
     assert again[0].cached_prompt_tokens > 0
 
 
-def test_synthesis_with_vllm_writes_the_same_outputs(tmp_path):
+def test_streamed_tickets_give_what_one_batched_call_gives(vllm_backend):
+    prefill = continuation_prefill([STEP_ZERO])
+    sampled = GenerationRequest(build_messages(QUESTIONS[0], None), prefill, n=3, temperature=1.0, top_p=0.9,
+                                max_tokens=12, seed=11)
+    first = [greedy(QUESTIONS[1], prefill, 10), sampled]
+    second = [greedy(QUESTIONS[2], prefill, 20, (".",))]
+    batched = vllm_backend.generate(first + second)
+    tickets = {vllm_backend.submit(first): "first", vllm_backend.submit(second): "second"}
+    streamed = {}
+    while len(streamed) < 2:
+        for ticket, completions in vllm_backend.collect():
+            streamed[tickets[ticket]] = completions
+    assert len(streamed["first"][1]) == 3
+    as_text = lambda rows: [[(c.text, c.finish_reason, c.generated_tokens) for c in row] for row in rows]  # noqa: E731
+    assert as_text(streamed["first"] + streamed["second"]) == as_text(batched)
+
+
+def _lora_adapter(tiny_model, folder):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model.resolve())
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(base, config)
+    with torch.no_grad():  # an adapter strong enough to change greedy completions
+        for name, weight in peft_model.named_parameters():
+            if "lora_B" in name:
+                weight.normal_(0, 0.5)
+    peft_model.save_pretrained(folder)
+    return str(folder)
+
+
+def test_a_policy_adapter_served_as_lora_or_merged_matches_the_hf_backend(tiny_model, vllm_backend, tmp_path):
+    from dataclasses import replace
+
+    from medsss.generation.hf import HFBackend
+    from medsss.generation.vllm_engine import VLLMBackend
+
+    adapted = replace(tiny_model, adapter=_lora_adapter(tiny_model, tmp_path / "policy_lora"))
+    requests = [greedy(q, continuation_prefill([STEP_ZERO]), 12) for q in QUESTIONS]
+    reference = [r[0].text for r in HFBackend(adapted, device="cpu").generate(requests)]
+    assert reference != [r[0].text for r in vllm_backend.generate(requests)]  # the adapter matters
+    for merge in (False, True):
+        served = VLLMBackend(adapted, enforce_eager=True, cpu_kvcache_space_gb=1, enable_chunked_prefill=False,
+                             merge_adapter=merge)
+        try:
+            assert [r[0].text for r in served.generate(requests)] == reference, f"merge_adapter={merge}"
+        finally:
+            served.close()
+
+
+def test_synthesis_with_vllm_writes_the_same_outputs_as_hf(tmp_path):
     from medsss.run import run_stage
 
     # Many trees at once: large batches of seeded requests (the case chunked prefill broke).
-    metrics = run_stage(compose(["model=tiny", "search=tiny", "backend=vllm", "data.limit=8", "logger=none",
-                                 "search.concurrent_trees=8", "backend.cpu_kvcache_space_gb=1"]), tmp_path)
-    trees = [json.loads(line) for line in (tmp_path / "trees.jsonl").read_text().splitlines()]
+    common = ["model=tiny", "search=tiny", "data.limit=8", "logger=none", "search.concurrent_trees=8"]
+    metrics = run_stage(compose([*common, "backend=vllm", "backend.cpu_kvcache_space_gb=1"]), tmp_path / "vllm")
+    reference = run_stage(compose([*common, "backend=hf"]), tmp_path / "hf")
+    trees = [json.loads(line) for line in (tmp_path / "vllm" / "trees.jsonl").read_text().splitlines()]
     assert len(trees) == 8 and metrics["stored_trees"] == 8 and metrics["failed_this_run"] == 0
-    assert (tmp_path / "trajectories.jsonl").exists()
+    assert sorted(p.name for p in (tmp_path / "vllm").iterdir()) == sorted(p.name for p in (tmp_path / "hf").iterdir())
+    assert set(metrics) == set(reference)
     assert metrics["prefix_cache_hit_rate"] > 0.5  # MCTS prompts share long prefixes

@@ -93,6 +93,27 @@ class Backend(Protocol):
         ...
 
 
+@runtime_checkable
+class StreamingBackend(Backend, Protocol):
+    """A backend that also takes requests while it decodes others (continuous batching).
+
+    The scheduler submits each tree's requests as one ticket and collects whichever tickets
+    finish, so a tree waiting on short completions never waits for another tree's long ones.
+    ``streaming`` false makes the scheduler fall back to one ``generate`` call per tick.
+    """
+
+    streaming: bool
+
+    def submit(self, requests: Sequence[GenerationRequest]) -> int:
+        """Queue ``requests``; return a ticket that ``collect`` reports once all of them finished."""
+        ...
+
+    def collect(self) -> list[tuple[int, list[list[Completion]]]]:
+        """Decode until at least one ticket has finished; return those tickets with, for each of
+        their requests, its ``n`` completions in request order."""
+        ...
+
+
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """``text`` up to the earliest stop string, and whether one occurred."""
     cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)

