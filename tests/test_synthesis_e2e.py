@@ -50,7 +50,8 @@ def test_a_run_writes_trees_trajectories_and_metrics(tiny_run):
             assert leaf["answer"] == extract_answer(leaf["text"])
             assert leaf["correct"] == is_correct(leaf["answer"], tree["answer"])
     for key in ("wall_seconds", "problems_per_hour", "prompt_tokens", "generated_tokens",
-                "generation_calls", "mean_batch_size", "cached_prompt_tokens", "peak_rss_mb"):
+                "generation_calls", "mean_batch_size", "cached_prompt_tokens", "prefix_cache_hit_rate",
+                "peak_rss_mb"):
         assert key in metrics
     assert metrics["searched_this_run"] == 4 and metrics["generated_tokens"] > 0
     assert json.loads((run_dir / "metrics.json").read_text())["stored_trees"] == 4
@@ -60,6 +61,17 @@ def test_wandb_offline_run_is_logged(tiny_run):
     run_dir, _ = tiny_run
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert offline_runs, "logger=wandb with WANDB_MODE=offline writes an offline run"
+
+
+def test_the_tracker_gets_the_prefix_cache_hit_rate_live_and_at_the_end(tmp_path):
+    import csv
+
+    metrics = synthesize(compose(["model=tiny", "search=tiny", "logger=csv", "data.limit=2"]), tmp_path)
+    with open(tmp_path / "log.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    live = [float(r["synthesis/prefix_cache_hit_rate"]) for r in rows if r.get("synthesis/problems_done")]
+    assert live and 0.0 < live[-1] <= 1.0
+    assert float(rows[-1]["synthesis/prefix_cache_hit_rate"]) == metrics["prefix_cache_hit_rate"] > 0
 
 
 def test_rerun_into_the_same_directory_searches_nothing_again(tiny_run):

@@ -145,6 +145,7 @@ def _live_metrics(backend: Backend, started: float, counters: dict[str, int]) ->
         "generated_tokens_per_second": backend.stats.generated_tokens / elapsed,
         "problems_per_hour": 3600 * counters["done"] / elapsed,
         "mean_batch_size": backend.stats.mean_batch_size,
+        "prefix_cache_hit_rate": backend.stats.cached_prompt_tokens / max(backend.stats.prompt_tokens, 1),
     }
 
 
