@@ -70,18 +70,28 @@ def main() -> None:
     print(f"\nsynthesis of {args.problems} problems, model={args.model}, search={search}")
     print("(search s: the synthesis itself; wall s adds model loading and, for vLLM, engine start-up;\n"
           " a streamed run counts engine steps as calls and sequences in flight as its batch)")
-    print(f"{'run':>16} {'search s':>9} {'wall s':>8} {'calls':>6} {'mean batch':>10} {'nodes':>6} {'cache hit':>9}")
+    print(f"{'run':>16} {'search s':>9} {'wall s':>8} {'calls':>6} {'mean batch':>10} {'nodes':>6} "
+          f"{'gen tokens':>10} {'tok/s':>6} {'cache hit':>9}")
     for name, m in runs.items():
         print(f"{name:>16} {m['search_seconds']:>9.1f} {m['bench_wall_seconds']:>8.1f} {m['generation_calls']:>6} "
-              f"{m['mean_batch_size']:>10.1f} {m['nodes_this_run']:>6} {m['prefix_cache_hit_rate']:>9.1%}")
+              f"{m['mean_batch_size']:>10.1f} {m['nodes_this_run']:>6} {m['generated_tokens']:>10} "
+              f"{m['generated_tokens'] / m['search_seconds']:>6.0f} {m['prefix_cache_hit_rate']:>9.1%}")
     hf1, v1, ticked, vn = runs.values()
-    for key, label in (("search_seconds", "search time"), ("bench_wall_seconds", "wall time")):
-        print(f"{label}: vllm {args.trees} trees vs hf 1 tree {hf1[key] / vn[key]:.2f}x; "
-              f"vllm {args.trees} vs 1 tree {v1[key] / vn[key]:.2f}x; vllm vs hf at 1 tree {hf1[key] / v1[key]:.2f}x")
-    print(f"streaming vs one generate call per tick, {args.trees} trees: "
-          f"{ticked['search_seconds'] / vn['search_seconds']:.2f}x (search time)")
-    print(f"prefix-cache hit rate with {args.trees} trees: {vn['prefix_cache_hit_rate']:.1%}")
 
+    def ratios(key: str, label: str) -> None:
+        print(f"{label}: vllm {args.trees} trees vs hf 1 tree {hf1[key] / vn[key]:.2f}x; "
+              f"vllm {args.trees} vs 1 tree {v1[key] / vn[key]:.2f}x; vllm vs hf at 1 tree {hf1[key] / v1[key]:.2f}x; "
+              f"vllm {args.trees} streamed vs ticked {ticked[key] / vn[key]:.2f}x")
+
+    ratios("search_seconds", "search time")
+    ratios("bench_wall_seconds", "wall time")
+    # The engines sample differently, so the trees (and their sizes) differ: normalise as well.
+    for m in runs.values():
+        m["seconds_per_node"] = m["search_seconds"] / max(m["nodes_this_run"], 1)
+        m["seconds_per_token"] = m["search_seconds"] / max(m["generated_tokens"], 1)
+    ratios("seconds_per_node", "search time per node")
+    ratios("seconds_per_token", "search time per generated token")
+    print(f"prefix-cache hit rate with {args.trees} trees: {vn['prefix_cache_hit_rate']:.1%}")
 
 if __name__ == "__main__":
     main()

@@ -86,6 +86,20 @@ def test_streamed_tickets_give_what_one_batched_call_gives(vllm_backend):
     assert as_text(streamed["first"] + streamed["second"]) == as_text(batched)
 
 
+def test_a_request_the_engine_refuses_fails_its_ticket_and_the_others_go_on(vllm_backend, tiny_model):
+    prefill = continuation_prefill([STEP_ZERO])
+    fine = vllm_backend.submit([greedy(QUESTIONS[0], prefill, 8)])
+    too_long = greedy(" ".join(["fever"] * (tiny_model.max_model_len + 10)), prefill, 8)
+    with pytest.raises(Exception, match="maximum context length"):
+        vllm_backend.submit([greedy(QUESTIONS[1], prefill, 8), too_long])
+    collected = {}
+    while fine not in collected:
+        collected.update(vllm_backend.collect())
+    assert list(collected) == [fine] and collected[fine][0][0].generated_tokens > 0
+    assert not vllm_backend.llm.llm_engine.has_unfinished_requests()  # the refused ticket left nothing behind
+    assert vllm_backend.generate([greedy(QUESTIONS[1], prefill, 4)])[0][0].generated_tokens > 0
+
+
 def _lora_adapter(tiny_model, folder):
     import torch
     from peft import LoraConfig, get_peft_model

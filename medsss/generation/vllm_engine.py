@@ -95,6 +95,7 @@ class VLLMBackend:
         self._chat_cache: dict[tuple[tuple[str, str], ...], str] = {}
         self._tickets = itertools.count()
         self._open: dict[int, _Ticket] = {}
+        self._request_ids: dict[str, tuple[int, int]] = {}  # engine request id -> (ticket, index)
 
     def prompt_text(self, request: GenerationRequest) -> str:
         key = tuple((m["role"], m["content"]) for m in request.messages)
@@ -105,11 +106,10 @@ class VLLMBackend:
             self._chat_cache[key] = chat
         return chat + request.prefill
 
-    def _prepared(self, requests: Sequence[GenerationRequest], final_only: bool = False) -> list[tuple[int, object, object]]:
+    def _prepared(self, requests: Sequence[GenerationRequest]) -> list[tuple[int, object, object]]:
         """(request index, token prompt, sampling params), sorted so shared prefixes are adjacent."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import RequestOutputKind
 
         texts = [self.prompt_text(r) for r in requests]
         prepared = []
@@ -125,8 +125,6 @@ class VLLMBackend:
                 seed=request.seed,
                 skip_special_tokens=True,
             )
-            if final_only:  # the engine reports a request once, when all its samples finished
-                params.output_kind = RequestOutputKind.FINAL_ONLY
             prepared.append((i, TokensPrompt(prompt_token_ids=ids), params))
         return prepared
 
@@ -153,6 +151,8 @@ class VLLMBackend:
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         if not requests:
             return []
+        if self._open:  # generate() runs the engine to empty and would swallow their outputs
+            raise RuntimeError("generate() while streamed tickets are open; collect() them first")
         prepared = self._prepared(requests)
         started = time.perf_counter()
         outputs = self.llm.generate([p for _, p, _ in prepared], [s for _, _, s in prepared], use_tqdm=False,
@@ -171,18 +171,16 @@ class VLLMBackend:
 
     def submit(self, requests: Sequence[GenerationRequest]) -> int:
         ticket = next(self._tickets)
+        prepared = self._prepared(requests)
+        # enqueue adds the requests without running the engine (and withdraws them all if the
+        # engine refuses one, a prompt over max_model_len say: the ticket fails alone).
+        ids = self.llm.enqueue([p for _, p, _ in prepared], [s for _, _, s in prepared], lora_request=self._lora,
+                               use_tqdm=False)
         self._open[ticket] = _Ticket(requests, [None] * len(requests), len(requests))
-        engine, added = self.llm.llm_engine, []
-        try:
-            for i, prompt, params in self._prepared(requests, final_only=True):
-                engine.add_request(f"{ticket}:{i}", prompt, params, lora_request=self._lora)
-                added.append(f"{ticket}:{i}")
-        except Exception:
-            # A request the engine refuses (a prompt over max_model_len, say) fails its ticket alone.
-            if added:
-                engine.abort_request(added)
-            del self._open[ticket]
-            raise
+        for (index, _, _), request_id in zip(prepared, ids):
+            # enqueue returns the engine's internal ids ("<counter>-<random suffix>"); outputs
+            # carry the external one, the counter.
+            self._request_ids[request_id.split("-")[0]] = (ticket, index)
         self.stats.requests += len(requests)
         self.stats.sequences += sum(r.n for r in requests)
         return ticket
@@ -202,7 +200,7 @@ class VLLMBackend:
             for output in outputs:
                 if not output.finished:
                     continue
-                ticket_id, index = map(int, output.request_id.split(":"))
+                ticket_id, index = self._request_ids.pop(output.request_id)
                 ticket = self._open[ticket_id]
                 ticket.results[index] = self._completions(ticket.requests[index], output)
                 ticket.remaining -= 1
