@@ -1,4 +1,5 @@
-"""Compose the project's Hydra config from a script (benchmarks are not Hydra apps themselves)."""
+"""Compose the project's Hydra config from a script (benchmarks are not Hydra apps themselves), and
+measure a synthesis run with it."""
 
 from __future__ import annotations
 
@@ -13,3 +14,19 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 def compose_config(overrides: list[str]) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
+
+
+def synthesis_metrics(overrides: list[str]) -> dict:
+    """Run synthesis with ``overrides`` into a scratch directory; its metrics plus the wall time
+    of the whole call (model load and engine start-up included) as ``bench_wall_seconds``."""
+    import tempfile
+    import time
+
+    from medsss.stages.synthesize import run as synthesize
+
+    cfg = compose_config(overrides)
+    with tempfile.TemporaryDirectory() as run_dir:
+        started = time.perf_counter()
+        metrics = synthesize(cfg, Path(run_dir))
+        metrics["bench_wall_seconds"] = time.perf_counter() - started
+    return metrics

@@ -12,23 +12,14 @@ import argparse
 import json
 import logging
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _compose import compose_config  # noqa: E402
-
-from medsss.stages.synthesize import run as synthesize  # noqa: E402
+from _compose import synthesis_metrics  # noqa: E402
 
 
 def measure(overrides: list[str], trees: int) -> dict:
-    cfg = compose_config([*overrides, f"search.concurrent_trees={trees}"])
-    with tempfile.TemporaryDirectory() as run_dir:
-        started = time.perf_counter()
-        metrics = synthesize(cfg, Path(run_dir))
-        metrics["bench_wall_seconds"] = time.perf_counter() - started
-    return metrics
+    return synthesis_metrics([*overrides, f"search.concurrent_trees={trees}"])
 
 
 def main() -> None:

@@ -16,23 +16,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _compose import compose_config  # noqa: E402
-
-from medsss.stages.synthesize import run as synthesize  # noqa: E402
-
-
-def measure(overrides: list[str]) -> dict:
-    cfg = compose_config(overrides)
-    with tempfile.TemporaryDirectory() as run_dir:
-        started = time.perf_counter()
-        metrics = synthesize(cfg, Path(run_dir))
-        metrics["bench_wall_seconds"] = time.perf_counter() - started
-    return metrics
+from _compose import synthesis_metrics as measure  # noqa: E402
 
 
 def main() -> None:

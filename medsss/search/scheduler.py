@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from medsss.data.records import Problem
@@ -37,6 +37,21 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}{where}"
 
 
+def _started(
+    problems: Iterable[Problem],
+    start_search: Callable[[Problem], SearchProcess],
+    on_failed: Callable[[Problem, str], None],
+) -> Iterator[tuple[Problem, SearchProcess]]:
+    """Searches started lazily, one per request; a problem whose search cannot start is failed."""
+    for problem in problems:
+        try:
+            process = start_search(problem)
+        except Exception as error:
+            on_failed(problem, _describe(error))
+            continue
+        yield problem, process
+
+
 def run_searches(
     problems: Iterable[Problem],
     start_search: Callable[[Problem], SearchProcess],
@@ -54,7 +69,7 @@ def run_searches(
     if isinstance(backend, StreamingBackend) and backend.streaming:
         _run_streaming(problems, start_search, backend, concurrent_trees, on_done, on_failed, on_tick)
         return
-    queue = iter(problems)
+    searches = _started(problems, start_search, on_failed)
     live: list[_Live] = []
 
     def advance(problem: Problem, process: SearchProcess, reply: object) -> None:
@@ -69,16 +84,8 @@ def run_searches(
             live.append(_Live(problem, process, requests))
 
     while True:
-        while len(live) < concurrent_trees:
-            problem = next(queue, None)
-            if problem is None:
-                break
-            try:
-                process = start_search(problem)
-            except Exception as error:
-                on_failed(problem, _describe(error))
-                continue
-            advance(problem, process, None)
+        while len(live) < concurrent_trees and (started := next(searches, None)) is not None:
+            advance(*started, None)
         if not live:
             return
         ticking, live = live, []
@@ -101,7 +108,7 @@ def _run_streaming(
     on_failed: Callable[[Problem, str], None],
     on_tick: Callable[[], None] | None,
 ) -> None:
-    queue = iter(problems)
+    searches = _started(problems, start_search, on_failed)
     in_flight: dict[int, _Live] = {}
 
     def advance(problem: Problem, process: SearchProcess, reply: object) -> None:
@@ -125,16 +132,8 @@ def _run_streaming(
         in_flight[ticket] = _Live(problem, process, requests)
 
     while True:
-        while len(in_flight) < concurrent_trees:
-            problem = next(queue, None)
-            if problem is None:
-                break
-            try:
-                process = start_search(problem)
-            except Exception as error:
-                on_failed(problem, _describe(error))
-                continue
-            advance(problem, process, None)
+        while len(in_flight) < concurrent_trees and (started := next(searches, None)) is not None:
+            advance(*started, None)
         if not in_flight:
             return
         for ticket, replies in backend.collect():
