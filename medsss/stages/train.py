@@ -78,6 +78,17 @@ def _lora(cfg: DictConfig, model, task_type: str):
                       if OmegaConf.is_list(lora.target_modules) else lora.target_modules, task_type)
 
 
+def _model_and_tokenizer(cfg: DictConfig) -> tuple[Any, str, Any, int]:
+    """The model spec, its local path, its tokenizer and the id that pads batches."""
+    from transformers import AutoTokenizer
+
+    model_spec = instantiate(cfg.model)
+    path = model_spec.resolve()
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_spec.trust_remote_code)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return model_spec, path, tokenizer, pad
+
+
 def split_by_problem(rows: list[dict[str, Any]], fraction: float) -> tuple[list, list]:
     """A stable train / held-out split by problem (all chains of a problem on one side). With a
     positive fraction and at least two problems, at least one problem is held out."""
@@ -91,7 +102,7 @@ def split_by_problem(rows: list[dict[str, Any]], fraction: float) -> tuple[list,
 def run_sft(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     import lightning as L
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from medsss.training.modules import PolicySFTModule
     from medsss.training.sft_inputs import collate_sft, sft_inputs
@@ -103,10 +114,7 @@ def run_sft(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         raise ValueError(f"no correct chains in {_sources(cfg)}: nothing to fine-tune on")
     write_rows(rows, run_dir / "sft.jsonl")
     train_rows, val_rows = split_by_problem(rows, cfg.stage.val_fraction)
-    model_spec = instantiate(cfg.model)
-    path = model_spec.resolve()
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_spec.trust_remote_code)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model_spec, path, tokenizer, pad = _model_and_tokenizer(cfg)
     system = cfg.prompt.system
 
     def items(subset):
@@ -129,8 +137,6 @@ def run_sft(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 def run_prm(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     import lightning as L
 
-    from transformers import AutoTokenizer
-
     from medsss.training.modules import PRMModule
     from medsss.training.prm_inputs import collate_prm, prm_inputs
     from medsss.training.prm_model import ProcessRewardModel
@@ -145,10 +151,7 @@ def run_prm(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         raise ValueError(f"no labelled chains in {_sources(cfg)} (labels.require_both={labels.require_both})")
     write_rows(rows, run_dir / "prm.jsonl")
     train_rows, val_rows = split_by_problem(rows, cfg.stage.val_fraction)
-    model_spec = instantiate(cfg.model)
-    path = model_spec.resolve()
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_spec.trust_remote_code)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model_spec, path, tokenizer, pad = _model_and_tokenizer(cfg)
     system = cfg.prompt.system
 
     def items(subset):
