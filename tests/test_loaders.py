@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from medsss.data.loaders import DataError, DataSpec, load_problems
+from medsss.data.loaders import DataError, DataSpec, load_problems, options_from_question
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "medical_benchmarks"
 
@@ -36,6 +36,55 @@ def medqa_row(pid: str, gold: str = "B", question: str = "Which drug?") -> dict:
 
 def medmcqa_row(pid: str, cop) -> dict:
     return {"id": pid, "question": f"Question {pid}?", "opa": "one", "opb": "two", "opc": "three", "opd": "four", "cop": cop}
+
+
+# --- options parsed from the question text ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "Which?\nA. Aspirin\nB. Heparin\nC. Warfarin",
+        "Which?\nA) Aspirin\nB) Heparin\nC) Warfarin",
+        "Which?\n(A) Aspirin\n(B) Heparin\n(C) Warfarin",
+        "Which?\n\n  A. Aspirin  \n\nB. Heparin\nC.\tWarfarin\n",
+    ],
+    ids=["dot", "bracket", "parentheses", "blank-lines-and-spaces"],
+)
+def test_options_are_parsed_from_lettered_lines(question):
+    assert options_from_question(question) == {"A": "Aspirin", "B": "Heparin", "C": "Warfarin"}
+
+
+def test_option_text_keeps_its_own_punctuation():
+    question = "Infer.\nA. true, text1 is a fact.\nB. false, text1 is not a fact."
+    assert options_from_question(question) == {"A": "true, text1 is a fact.", "B": "false, text1 is not a fact."}
+
+
+def test_roman_numeral_lines_in_the_stem_are_not_options():
+    question = "Which is chemical?\nI. Gustatory\nII. Auditory\nIII. Olfactory\nA. I only\nB. II only\nC. I and III only"
+    assert options_from_question(question) == {"A": "I only", "B": "II only", "C": "I and III only"}
+
+
+def test_a_stray_lettered_line_before_the_options_is_not_an_option():
+    question = "V) hich of the following changes gene expression?\nA. Epigenetics\nB. Translocation"
+    assert options_from_question(question) == {"A": "Epigenetics", "B": "Translocation"}
+
+
+def test_the_last_run_of_option_lines_is_the_options():
+    question = "Earlier list:\nA. old\nB. older\nNow choose:\nA. new\nB. newer\nC. newest"
+    assert options_from_question(question) == {"A": "new", "B": "newer", "C": "newest"}
+
+
+@pytest.mark.parametrize(
+    "question",
+    ["No options here.", "Only one:\nA. alone", "Out of order:\nB. two\nC. three", "", "A.B. no space"],
+)
+def test_no_run_of_two_lettered_lines_gives_none(question):
+    assert options_from_question(question) is None
+
+
+def test_a_run_stops_at_a_skipped_letter():
+    assert options_from_question("Q\nA. x\nB. y\nD. z") == {"A": "x", "B": "y"}
 
 
 # --- medqa ------------------------------------------------------------------------------------
@@ -224,7 +273,7 @@ def test_jsonl_plain_record_with_defaults(tmp_path):
     assert problem.answer == "B"
     assert problem.kind == "choice"
     assert problem.source == "mine"
-    assert problem.options is None
+    assert problem.options == {"A": "this", "B": "that"}  # parsed from the question's option lines
     assert problem.meta == {}
 
 
@@ -250,6 +299,19 @@ def test_jsonl_free_text_gold_is_free_text(tmp_path):
     (problem,) = load(write_jsonl(tmp_path / "mine.jsonl", [row]), "jsonl").problems
     assert problem.kind == "free_text"
     assert problem.answer == "10 mg/kg"
+
+
+def test_jsonl_free_text_row_gets_no_options_even_with_lettered_lines(tmp_path):
+    row = {"id": "d1", "question": "Dose?\nA. first\nB. second", "answer": "10 mg"}
+    (problem,) = load(write_jsonl(tmp_path / "mine.jsonl", [row]), "jsonl").problems
+    assert problem.kind == "free_text"
+    assert problem.options is None
+
+
+def test_jsonl_choice_row_without_option_lines_keeps_options_none(tmp_path):
+    row = {"id": "c1", "question": "Which one, A or B?", "answer": "B"}
+    (problem,) = load(write_jsonl(tmp_path / "mine.jsonl", [row]), "jsonl").problems
+    assert problem.options is None
 
 
 def test_jsonl_gold_letter_not_among_question_option_lines_is_an_error(tmp_path):
@@ -304,6 +366,55 @@ def test_medsss_choice_golds_are_letters_among_the_question_option_lines(benchma
         assert p.answer in OPTION_LINE.findall(p.question), p.id
 
 
+@pytest.mark.parametrize(("name", "count"), BENCHMARK_COUNTS[:-1], ids=[n for n, _ in BENCHMARK_COUNTS[:-1]])
+def test_medsss_every_choice_item_gets_options_holding_its_gold(benchmarks, name, count):
+    problems = load(benchmarks / name, "medsss").problems
+    for p in problems:
+        assert p.options is not None and p.answer in p.options, p.id
+        assert list(p.options) == [chr(ord("A") + i) for i in range(len(p.options))], p.id
+        assert all(text.strip() for text in p.options.values()), p.id
+
+
+@pytest.mark.parametrize(
+    ("name", "index", "expected"),
+    [
+        ("pubmedqa.json", 0, {"A": "yes", "B": "no", "C": "maybe"}),
+        ("bioasq.json", 0, {"A": "yes", "B": "no"}),
+        (
+            "pubhealth.json",
+            0,
+            {
+                "A": "true, text1 is a fact.",
+                "B": "false, text1 is not a fact.",
+                "C": "mixture, text1 contains both fact and non-fact information.",
+            },
+        ),
+        (
+            "MedQA.json",
+            1,
+            {
+                "A": "Inhibition of thymidine synthesis",
+                "B": "Inhibition of proteasome",
+                "C": "Hyperstabilization of microtubules",
+                "D": "Generation of free radicals",
+                "E": "Cross-linking of DNA",
+            },
+        ),
+    ],
+)
+def test_medsss_option_texts_are_the_question_option_lines(benchmarks, name, index, expected):
+    assert load(benchmarks / name, "medsss").problems[index].options == expected
+
+
+def test_medsss_roman_numeral_stem_keeps_only_the_lettered_options(benchmarks):
+    problems = {p.id: p for p in load(benchmarks / "med_mmlu.json", "medsss").problems}
+    assert problems["mmlu_308"].options == {"A": "I only", "B": "II only", "C": "III only", "D": "I and III only"}
+
+
+def test_medsss_drugdose_items_have_no_options(benchmarks):
+    assert all(p.options is None for p in load(benchmarks / "drugdose.json", "medsss").problems)
+
+
 def test_medsss_prompt_is_the_first_conversation_turn_and_gold_is_eval_answer(benchmarks):
     raw = json.loads((benchmarks / "bioasq.json").read_text(encoding="utf-8"))
     problems = load(benchmarks / "bioasq.json", "medsss").problems
@@ -328,8 +439,9 @@ def test_medsss_small_file_written_by_hand(tmp_path):
     path.write_text(json.dumps(items), encoding="utf-8")
     first, second = load(path, "medsss").problems
     assert (first.id, first.question, first.answer, first.kind, first.source) == ("1", "Q?\nA. x\nB. y", "B", "choice", "bench")
+    assert first.options == {"A": "x", "B": "y"}
     assert first.meta == {"type": "t"}
-    assert (second.answer, second.kind, second.source) == ("5 mg", "free_text", "dd")
+    assert (second.answer, second.kind, second.source, second.options) == ("5 mg", "free_text", "dd", None)
 
 
 # --- the bundled default ----------------------------------------------------------------------

@@ -9,6 +9,10 @@ Formats (``data.format``):
 - ``jsonl``: plain records ``{"id", "question", "answer"}`` with optional ``kind``, ``options``,
   ``source``, ``meta``.
 
+Every choice item gets ``options`` (letter -> text): the format's own options, else the
+"A. text" / "A) text" / "(A) text" lines of its question (:func:`options_from_question`), so
+grading can read an answer given as an option's text.
+
 Every row is validated before any generation starts. A malformed row raises :class:`DataError`
 naming the file and the 1-based row number; with ``skip_invalid`` it is counted and reported
 instead.
@@ -27,7 +31,8 @@ from typing import Any
 from medsss.data.records import Problem
 
 BUNDLED_MEDQA = "usmle_sample.jsonl"
-_OPTION_LINE = re.compile(r"(?m)^\s*\(?([A-Z])[.)]\s+\S")
+# An option line in a question: "A. text", "A) text" or "(A) text".
+_OPTION_LINE = re.compile(r"^[ \t]*(?:\(([A-Z])\)|([A-Z])[.)])[ \t]+(\S.*?)\s*$")
 
 
 class DataError(ValueError):
@@ -119,7 +124,7 @@ def _validated(problem: Problem) -> Problem:
     if not isinstance(problem.answer, str) or not problem.answer.strip():
         raise DataError("no gold answer")
     if problem.kind == "choice":
-        letters = set(problem.options) if problem.options else set(_option_letters(problem.question))
+        letters = set(problem.options) if problem.options else set()
         if len(problem.answer.strip()) != 1:
             raise DataError(f"choice question with a gold answer '{problem.answer}' that is not one letter")
         if letters and problem.answer.strip().upper() not in letters:
@@ -129,8 +134,33 @@ def _validated(problem: Problem) -> Problem:
     return problem
 
 
-def _option_letters(question: str) -> list[str]:
-    return _OPTION_LINE.findall(question)
+def options_from_question(question: str) -> dict[str, str] | None:
+    """The options a question lists as lines "A. text" / "A) text" / "(A) text", or None.
+
+    The options are the last run of such lines lettered A, B, C, ... in order (blank lines
+    between them allowed): earlier lettered lines are part of the stem (a Roman-numeral list
+    "I. ..." or a stray "V) ..." before the real options). A run needs two options.
+    """
+    found: dict[str, str] | None = None
+    run: dict[str, str] = {}
+    for line in question.splitlines():
+        match = _OPTION_LINE.match(line)
+        letter = (match.group(1) or match.group(2)) if match else None
+        if letter == "A":
+            found = _longer_run(found, run)
+            run = {"A": match.group(3)}  # type: ignore[union-attr]
+        elif letter is not None and run and letter == chr(ord(max(run)) + 1):
+            run[letter] = match.group(3)  # type: ignore[union-attr]
+        elif line.strip():
+            found = _longer_run(found, run)
+            run = {}
+    found = _longer_run(found, run)
+    return found
+
+
+def _longer_run(found: dict[str, str] | None, run: dict[str, str]) -> dict[str, str] | None:
+    # A later complete run replaces an earlier one: the options come after the stem.
+    return dict(run) if len(run) >= 2 else found
 
 
 def _with_options(question: str, options: dict[str, str]) -> str:
@@ -186,12 +216,14 @@ def read_medsss(path: Path, spec: DataSpec) -> Iterator[Row]:
         question = conversations[0].get("value", "")
         gold = str(item.get("eval", {}).get("answer", "") or "")
         extra = {k: v for k, v in item.get("eval", {}).items() if k != "answer"}
+        kind = _kind_of(gold) if gold.strip() else "free_text"
         return Problem(
             id=str(item.get("id", f"{path.stem}-{number}")),
             question=question,
             answer=gold.strip(),
-            kind=_kind_of(gold) if gold.strip() else "free_text",  # type: ignore[arg-type]
+            kind=kind,  # type: ignore[arg-type]
             source=str(item.get("dataset", path.stem)),
+            options=options_from_question(question) if kind == "choice" else None,
             meta=extra,
         )
 
@@ -333,11 +365,18 @@ def read_jsonl(path: Path, spec: DataSpec) -> Iterator[Row]:
             answer=gold,
             kind=kind,
             source=str(item.get("source", path.stem)),
-            options={str(k).upper(): str(v) for k, v in options.items()} if options else None,
+            options=_jsonl_options(options, str(item.get("question", "") or ""), kind),
             meta=dict(item.get("meta", {})),
         )
 
     return _each(path, build)
+
+
+def _jsonl_options(options: dict[str, Any] | None, question: str, kind: str) -> dict[str, str] | None:
+    """The row's own options; for a choice row without them, the option lines of its question."""
+    if options:
+        return {str(k).strip().upper(): str(v) for k, v in options.items()}
+    return options_from_question(question) if kind == "choice" else None
 
 
 _READERS: dict[str, Callable[[Path, DataSpec], Iterator[Row]]] = {
