@@ -1,9 +1,11 @@
 """Cross-tree scheduler vs one tree at a time: synthesis wall time on the same problems.
 
-    python benchmarks/scheduler_speed.py [--problems 16] [--trees 8] [--model tiny]
+    python benchmarks/scheduler_speed.py [--problems 16] [--trees 8] [--model tiny] [--backend hf]
 
-Both runs use the same model, problems and search settings; only ``search.concurrent_trees``
-differs. Prints each run's wall time, engine calls and mean batch size, and the ratio.
+Both runs use the same model, backend, problems and search settings; only
+``search.concurrent_trees`` differs. Prints each run's wall time, engine calls and mean batch
+size, and the ratio. The backend is ``hf`` unless ``--backend`` says otherwise (the project
+default ``auto`` would pick vLLM where installed; this benchmark measures the hf scheduler).
 """
 
 from __future__ import annotations
@@ -28,17 +30,20 @@ def main() -> None:
     parser.add_argument("--trees", type=int, default=8)
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--search", default="tiny")
+    parser.add_argument("--backend", default="hf", choices=["hf", "vllm", "auto"])
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    overrides = [f"model={args.model}", f"search={args.search}", f"data.limit={args.problems}", "logger=none"]
+    overrides = [f"model={args.model}", f"search={args.search}", f"backend={args.backend}",
+                 f"data.limit={args.problems}", "logger=none"]
 
     measure([*overrides, "data.limit=1"], 1)  # warm-up: model conversion, caches, first-call costs
     baseline = measure(overrides, 1)
     batched = measure(overrides, args.trees)
     ratio = baseline["bench_wall_seconds"] / batched["bench_wall_seconds"]
 
-    print(f"\nsynthesis of {args.problems} problems, model={args.model}, search={args.search}")
+    print(f"\nsynthesis of {args.problems} problems, model={args.model}, search={args.search}, "
+          f"backend={args.backend}")
     print(f"{'concurrent_trees':>18} {'wall s':>8} {'calls':>6} {'mean batch':>10} {'nodes':>6}")
     for trees, m in ((1, baseline), (args.trees, batched)):
         print(f"{trees:>18} {m['bench_wall_seconds']:>8.1f} {m['generation_calls']:>6} "

@@ -14,7 +14,10 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
+
+from medsss.hardware import configure_threads, parallel_jobs
 
 log = logging.getLogger("medsss")
 
@@ -36,11 +39,11 @@ def run_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if cfg.get("threads"):
-        import torch
-
-        torch.set_num_threads(int(cfg.threads))
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    # Before any model work: torch's pools are sized once, and a joblib multirun's jobs share the cores.
+    jobs = parallel_jobs(hydra_cfg.launcher, multirun=hydra_cfg.mode == RunMode.MULTIRUN)
+    configure_threads(cfg.get("threads"), jobs=jobs)
     metrics = run_stage(cfg, run_dir)
     log.info("%s finished; outputs in %s", cfg.stage.name, run_dir)
     # A scalar return lets sweepers (e.g. Optuna) optimise the stage's objective.

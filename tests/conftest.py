@@ -15,6 +15,13 @@ CONF = ROOT / "conf"
 BENCHMARKS = ROOT.parent / "shared" / "data" / "medical_benchmarks"
 
 
+def embedded_model_overrides() -> list[str]:
+    """Overrides for tests on the embedded model: ``MEDSSS_TEST_DTYPE=float32`` forces its dtype
+    (the suite must pass with it forced and with the default)."""
+    dtype = os.environ.get("MEDSSS_TEST_DTYPE")
+    return [f"model.dtype={dtype}"] if dtype else []
+
+
 def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from medsss.data.records import Problem
-from medsss.generation.base import Completion, GenerationRequest, GenerationStats
+from medsss.generation.base import Completion, GenerationRequest, GenerationStats, cut_at_stop
 from medsss.search.tree import Node, Tree
 
 Respond = Callable[[GenerationRequest, int], str]
@@ -25,10 +25,18 @@ class ScriptedBackend:
         self.calls: list[list[GenerationRequest]] = []
 
     def complete(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
-        return [
-            [Completion(self.respond(r, i), "eos", prompt_tokens=10, generated_tokens=5) for i in range(r.n)]
-            for r in requests
-        ]
+        """Scripted texts, cut at the request's stop strings as an engine would; a request with
+        ``choices`` must be answered with one of them."""
+        out = []
+        for r in requests:
+            row = []
+            for i in range(r.n):
+                text, stopped = cut_at_stop(self.respond(r, i), r.stop)
+                if r.choices:
+                    assert text.strip() in r.choices, f"scripted {text!r} is not one of {r.choices}"
+                row.append(Completion(text, "stop" if stopped else "eos", prompt_tokens=10, generated_tokens=5))
+            out.append(row)
+        return out
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         self.calls.append(list(requests))

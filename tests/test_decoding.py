@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from medsss.decoding import aggregate, answer_key, select
+from medsss.decoding import aggregate, answer_key, rank_answers, select
 
 SCORES = [0.9, 0.4, 0.8]
 
@@ -97,3 +97,51 @@ def test_unknown_rule_is_an_error():
 
 def test_gmean_matches_math():
     assert aggregate([0.25, 1.0], "gmean") == pytest.approx(math.sqrt(0.25))
+
+
+# --- answer keys by item kind (issue 9 point 4) ------------------------------------------------
+
+def test_free_text_answers_vote_by_their_text_never_by_a_leading_one_letter_word():
+    assert answer_key("a high dose", choice=False) == "a high dose"
+    assert answer_key("A  low dose.", choice=False) == "a low dose"
+    assert answer_key("A", choice=False) == "a"
+
+
+def test_free_text_items_group_normalised_text_under_sc_and_pvs():
+    # "a high dose", "A low dose" and "a low dose" all read as option A before; as text, the two
+    # spellings of "a low dose" form the majority and the larger vote sum.
+    cands = [("a high dose", [0.9]), ("A low dose", [0.5]), ("a low dose.", [0.5])]
+    assert select(cands, "sc", choice=False) == 1
+    assert select(cands, "pvs", choice=False) == 1  # S(low) = 1.0 > S(high) = 0.9
+
+
+def test_choice_items_never_read_an_english_article_as_option_a():
+    assert answer_key("a case of pneumonia") == "a case of pneumonia"
+
+
+def test_choice_items_vote_by_the_option_an_answer_names_its_text_included():
+    options = {"A": "yes", "B": "no", "C": "maybe"}
+    assert answer_key("yes", options=options) == "A"
+    # "yes" and "(A)" are two votes for A; "no" one vote for B
+    assert select([("no", [0.3]), ("yes", [0.2]), ("(A)", [0.2])], "sc", options=options) == 1
+
+
+def test_a_hedge_naming_two_options_is_its_own_vote_not_the_first_options():
+    assert answer_key("B or A") == "b or a"
+    # B alone has one vote; the hedge does not join it, so the tie goes to the first answer, the hedge.
+    assert select([("B or A", [0.9]), ("B", [0.1])], "sc") == 0
+    assert select([("B or A", [0.9]), ("B", [0.1]), ("B", [0.1])], "sc") == 1
+
+
+def test_rank_answers_orders_by_vote_sum_then_best_candidate_then_first_appearance():
+    cands = [("B", [0.25]), ("B", [0.25]), ("A", [0.5]), ("C", [0.1])]
+    ranked = rank_answers(cands, "min")
+    assert [(v.key, v.strength, v.best) for v in ranked] == [("A", 0.5, 2), ("B", 0.5, 0), ("C", 0.1, 3)]
+    assert select(cands, "pvs") == 2
+
+
+def test_digit_labels_vote_together_on_choice_items():
+    # HealthFact-style labels: "1. true" and "(1)" are two votes for "1", against one for "0"
+    assert {answer_key(a) for a in ("1", "1. true", "(1)")} == {"1"}
+    assert select([("0", [0.9]), ("1. true", [0.1]), ("(1)", [0.1])], "sc") == 1
+    assert answer_key("10 mg") == "10 mg"  # a number is not a digit label

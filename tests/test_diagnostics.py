@@ -43,3 +43,32 @@ def test_vote_margin_and_abstention_keep_the_most_confident_items():
     curve = abstention_curve([torn, sure], coverages=(0.5, 1.0))
     assert curve == [{"coverage": 0.5, "answered": 1, "accuracy": 1.0},
                      {"coverage": 1.0, "answered": 2, "accuracy": 0.5}]
+
+
+def cands(*pairs):
+    return [{"answer": a, "step_scores": s} for a, s in pairs]
+
+
+def test_vote_margin_breaks_ties_like_pvs_select():
+    # S(B) = 0.25 + 0.25 = S(A) = 0.5: the tie goes to A, whose best candidate (0.5) beats B's (0.25);
+    # first appearance (B) decides only after that. select(..., "pvs") picks the same answer.
+    from medsss.decoding import select
+
+    item = {"gold": "A", "candidates": cands(("B", [0.25]), ("B", [0.25]), ("A", [0.5]))}
+    assert vote_margin(item, "min") == ("A", 0.0)
+    assert select([(c["answer"], c["step_scores"]) for c in item["candidates"]], "pvs") == 2
+    assert abstention_curve([item], coverages=(1.0,))[0]["accuracy"] == 1.0
+
+
+def test_abstention_scores_answers_with_the_items_options():
+    item = {"gold": "A", "kind": "choice", "options": {"A": "yes", "B": "no", "C": "maybe"},
+            "candidates": cands(("yes", [0.9]), ("no", [0.2]))}
+    assert vote_margin(item, "min") == ("yes", pytest.approx(0.7 / 1.1))
+    assert abstention_curve([item], coverages=(1.0,))[0]["accuracy"] == 1.0
+
+
+def test_free_text_votes_by_text_in_the_margin():
+    # "a high dose" and "A low dose" used to pool as option A (1.0 > 0.8)
+    item = {"gold": "25 mg", "kind": "free_text",
+            "candidates": cands(("a high dose", [0.5]), ("A low dose", [0.5]), ("25 mg", [0.8]))}
+    assert vote_margin(item, "min") == ("25 mg", pytest.approx(0.3 / 1.8))

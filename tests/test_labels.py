@@ -21,22 +21,29 @@ def test_hard_labels_threshold_strictly():
     assert prm_labels(CHAIN, "hard", threshold=0.25) == [1.0, 1.0, 1.0, 1.0]
 
 
-def test_value_dynamics_rewards_rises_and_penalises_drops_from_raw_values():
-    # y_k = clip(V_k - (V_{k-1} - V_k), 0, 1)
-    # step 1: 0.6 - (0.4 - 0.6) = 0.8;  step 2: 0.3 - (0.6 - 0.3) = 0.0;
+def test_value_dynamics_leaves_step_one_and_shapes_later_steps_from_raw_values():
+    # y_1 = V_1 (its predecessor, the root, is never rolled out); y_k = clip(V_k - (V_{k-1} - V_k), 0, 1)
+    # step 1: 0.6;                      step 2: 0.3 - (0.6 - 0.3) = 0.0;
     # step 3: 0.3 - 0 = 0.3;            step 4: 1.0 - (0.3 - 1.0) = 1.7 -> 1.0
-    assert prm_labels(CHAIN, "value_dynamics") == pytest.approx([0.8, 0.0, 0.3, 1.0])
+    assert prm_labels(CHAIN, "value_dynamics") == pytest.approx([0.6, 0.0, 0.3, 1.0])
+
+
+def test_value_dynamics_can_shape_step_one_against_the_root():
+    # step 1: 0.6 - (0.4 - 0.6) = 0.8; the rest as by default
+    assert prm_labels(CHAIN, "value_dynamics", shape_step_one=True) == pytest.approx([0.8, 0.0, 0.3, 1.0])
 
 
 def test_value_dynamics_factor_scales_the_change():
-    # step 1: 0.6 - 0.5 * (0.4 - 0.6) = 0.7;  step 2: 0.3 - 0.5 * 0.3 = 0.15
-    assert prm_labels([0.4, 0.6, 0.3], "value_dynamics", factor=0.5) == pytest.approx([0.7, 0.15])
+    # step 2: 0.3 - 0.5 * (0.6 - 0.3) = 0.15; with step 1 shaped: 0.6 - 0.5 * (0.4 - 0.6) = 0.7
+    assert prm_labels([0.4, 0.6, 0.3], "value_dynamics", factor=0.5) == pytest.approx([0.6, 0.15])
+    assert prm_labels([0.4, 0.6, 0.3], "value_dynamics", factor=0.5, shape_step_one=True) == pytest.approx(
+        [0.7, 0.15])
 
 
 def test_value_dynamics_is_not_a_recursion_on_labels():
-    # A recursion y_k = clip(V_k - (y_{k-1} - V_k)) would give step 2 = 0.5 - (0.8 - 0.5) = 0.2;
-    # from raw values step 2 = 0.5 - (0.6 - 0.5) = 0.4.
-    assert prm_labels([0.4, 0.6, 0.5], "value_dynamics") == pytest.approx([0.8, 0.4])
+    # With step 1 shaped to 0.8, a recursion y_k = clip(V_k - (y_{k-1} - V_k)) would give step 2 =
+    # 0.5 - (0.8 - 0.5) = 0.2; from raw values step 2 = 0.5 - (0.6 - 0.5) = 0.4.
+    assert prm_labels([0.4, 0.6, 0.5], "value_dynamics", shape_step_one=True) == pytest.approx([0.8, 0.4])
 
 
 def test_a_single_step_chain_gets_one_label():
@@ -121,3 +128,55 @@ def test_views_read_stores_and_write_datasets_loadable_jsonl(tmp_path):
 
     loaded = load_dataset("json", data_files=str(path), split="train")
     assert loaded.num_rows == 3 and loaded[0]["labels"] == [0.5, 1.0]
+
+
+# --- the reference's pos/neg chain files ----------------------------------------------------------
+
+
+REFERENCE_RECORD = {
+    "question": "Which drug?\nA. x\nB. y",
+    "answer": "A",
+    "pos": [[["Step 1: Think about x.", 0.75, 0.8], ["Step 2: So x. The answer is A.", 1.0, 1.0]]],
+    "neg": [[["Step 1: Think about y.", 0.25, 0.2], ["Step 2: So y. The answer is B.", 0.0, 0.0]],
+            [["Step 1: Think about x.", 0.75, 0.8], ["Step 2: But y. The answer is B.", 0.0, 0.0]]],
+}
+
+
+def test_reference_pos_neg_chain_files_load_as_chains(tmp_path):
+    path = tmp_path / "reference.json"
+    path.write_text(json.dumps([REFERENCE_RECORD]))
+    chains = [c for record in read_trees([path]) for c in chains_of(record)]
+    assert [c.correct for c in chains] == [True, False, False]
+    first = chains[0]
+    # "Step k:" prefixes removed; step 0 prepended (with step 1's value: it is never labelled)
+    assert first.steps == ["Let's break down this problem step by step.", "Think about x.", "So x. The answer is A."]
+    assert first.values == [0.75, 0.75, 1.0]
+    assert (first.question, first.answer, first.kinds[-1]) == ("Which drug?\nA. x\nB. y", "A", "finish")
+
+
+def test_sft_and_prm_views_read_reference_chains_like_trees(tmp_path):
+    path = tmp_path / "reference.jsonl"
+    path.write_text(json.dumps({"id": "r1", **REFERENCE_RECORD}) + "\n")
+    sft = sft_rows(read_trees([path]))
+    assert [r["steps"][1:] for r in sft] == [["Think about x.", "So x. The answer is A."]]
+    prm = prm_rows(read_trees([path]), rule="hard")
+    assert [r["labels"] for r in prm] == [[1.0, 1.0], [0.0, 0.0], [1.0, 0.0]]
+    assert {r["id"] for r in prm} == {"r1"}
+
+
+def test_our_trajectories_file_loads_as_a_chain_source(tmp_path):
+    from medsss.search.export import trajectories
+
+    record = stored(two_answer_tree())
+    (tmp_path / "trajectories.jsonl").write_text(json.dumps(trajectories(record)) + "\n")
+    from_file = [(c.steps, c.values, c.correct) for c in chains_of(next(read_trees([tmp_path])))]
+    from_tree = sorted(((c.steps, c.values, c.correct) for c in chains_of(record)), key=lambda c: not c[2])
+    assert from_file == from_tree
+
+
+def test_a_malformed_reference_step_is_an_error_naming_the_record_and_step(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    bad = {**REFERENCE_RECORD, "neg": [[["Step 1: fine", 0.5, 0.5], ["Step 2: value missing"]]]}
+    path.write_text(json.dumps(REFERENCE_RECORD) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl: record 2: neg\[0\] step 1"):
+        [chains_of(record) for record in read_trees([path])]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from helpers import ScriptedBackend, by_text, drive, problem
 
 from medsss.data.prompts import build_messages
-from medsss.search.mcts import STEP_STOP, SearchConfig, TreeSearch
+from medsss.data.records import Problem
+from medsss.search.mcts import SearchConfig, TreeSearch
 
 BASE = dict(width=2, simulations=4, min_rollouts=2, correct_nodes=2, max_nodes=30,
             max_step_tokens=50, max_rollout_tokens=100, max_finish_tokens=200, force_answer_tokens=3)
@@ -14,7 +17,7 @@ BASE = dict(width=2, simulations=4, min_rollouts=2, correct_nodes=2, max_nodes=3
 def kind(request) -> str:
     if request.temperature == 0.0:
         return "force"
-    if request.stop == STEP_STOP:
+    if request.stop and request.stop[0].startswith("\nStep "):
         return "reflect" if request.prefill.endswith("But wait, ") else "step"
     return "finish" if request.max_tokens == 200 else "rollout"
 
@@ -24,10 +27,10 @@ def last_step(request) -> str:
     return request.prefill.split("\n\n")[-2].split(": ", 1)[1]
 
 
-def search(respond, gold="A", **settings):
+def search(respond, gold="A", item=None, **settings):
     backend = ScriptedBackend(respond)
     config = SearchConfig(**{**BASE, **settings})
-    result = drive(TreeSearch(problem(gold), build_messages("Q?", None), config).run(), backend)
+    result = drive(TreeSearch(item or problem(gold), build_messages("Q?", None), config).run(), backend)
     return result, backend
 
 
@@ -37,7 +40,7 @@ def test_answers_in_reason_steps_become_finish_nodes_and_stop_at_correct_nodes()
     assert result.stop_reason == "correct_nodes"
     assert [n.kind for n in tree.nodes] == ["root", "finish", "finish", "finish"]
     assert all(n.correct and n.value == 1.0 and n.answer == "A" for n in tree.nodes[1:])
-    assert tree.root.value == 1.0 and tree.root.visits == 1
+    assert tree.root.value == 1.0 and tree.root.visits == 3  # one visit per new node
     assert len(backend.calls) == 1  # nothing to roll out
 
 
@@ -138,22 +141,75 @@ def test_post_processing_stops_as_soon_as_enough_answers_are_correct():
     assert len(result.tree.correct_leaves()) == 1
 
 
-def test_rollouts_without_an_answer_are_answer_forced_greedily():
+def test_rollouts_without_an_answer_are_forced_to_one_of_the_option_letters():
     def respond(request, i):
-        return {"step": f"Idea {i}.", "rollout": "I am not sure.", "force": " A."}.get(kind(request), "")
+        return {"step": f"Idea {i}.", "rollout": "I am not sure.", "force": " A"}.get(kind(request), "")
 
     result, backend = search(respond, max_nodes=3, post_process=False)
     forced = [r for call in backend.calls for r in call if kind(r) == "force"]
     assert len(forced) == 4  # 2 nodes x 2 rollouts
     assert all(r.prefill.endswith("I am not sure. The answer is") for r in forced)
-    assert all(r.max_tokens == 3 and r.stop == ("\n",) for r in forced)
+    # constrained to the problem's option letters, so a weak model cannot answer ":"
+    assert all(r.choices == ("A", "B") and r.max_tokens == 1 for r in forced)
     idea = by_text(result.tree, "Idea 0.")
     assert (idea.rollout_correct, idea.rollout_total, idea.value) == (2, 2, 1.0)
+    assert result.stats["unanswered_after_forcing"] == 0
+
+
+def test_a_choice_item_without_an_options_dict_takes_its_letters_from_the_question():
+    item = Problem(id="q", question="Which?\nA. one\nB. two\nC. three", answer="C")
+    result, backend = search(lambda r, i: {"step": "Idea.", "rollout": "Hmm.", "force": "C"}.get(kind(r), ""),
+                             item=item, max_nodes=2, post_process=False)
+    forced = [r for call in backend.calls for r in call if kind(r) == "force"]
+    assert forced and all(r.choices == ("A", "B", "C") for r in forced)
+    assert by_text(result.tree, "Idea.").value == 1.0
+
+
+def test_free_text_rollouts_are_forced_greedily_and_unanswered_ones_are_counted_wrong():
+    item = Problem(id="q", question="Dose?", answer="25 mg", kind="free_text")
+
+    def respond(request, i):
+        return {"step": f"Idea {i}.", "rollout": "I am not sure.", "force": " 25 mg." if i == 0 else ""}.get(
+            kind(request), "")
+
+    result, backend = search(respond, item=item, max_nodes=3, post_process=False)
+    forced = [r for call in backend.calls for r in call if kind(r) == "force"]
+    assert len(forced) == 4 and all(not r.choices and r.max_tokens == 3 and r.stop == ("\n",) for r in forced)
+    # each forcing request has n=1, so every forced text is " 25 mg." and all 4 are right
+    assert result.stats["unanswered_after_forcing"] == 0
+    item_blank = Problem(id="q2", question="Dose?", answer="25 mg", kind="free_text")
+    result, _ = search(lambda r, i: {"step": f"Idea {i}.", "rollout": "Hmm."}.get(kind(r), ""),
+                       item=item_blank, max_nodes=3, post_process=False)
+    assert result.stats["unanswered_after_forcing"] == 4  # " The answer is" + nothing: wrong, no crash
+    assert all(n.value == 0.0 for n in result.tree.nodes[1:])
 
 
 def test_identical_sibling_steps_are_kept_once():
     result, _ = search(lambda r, i: "Same step." if kind(r) == "step" else "The answer is B.", max_nodes=2)
     assert [n.text for n in result.tree.children(result.tree.root)] == ["Same step."]
+
+
+def test_a_line_starting_with_step_that_is_no_marker_stays_in_the_step():
+    def respond(request, i):
+        if kind(request) == "step":
+            return "Check the vitals.\nStep back: the pressure is low.\nStep 2: Next idea."
+        return "The answer is B."
+
+    result, backend = search(respond, width=1, max_nodes=2, post_process=False)
+    assert backend.calls[0][0].stop == ("\nStep 2:",)  # the next step's exact marker only
+    assert result.tree.nodes[1].text == "Check the vitals.\nStep back: the pressure is low."
+
+
+def test_an_empty_reflection_creates_no_node_and_exhausts_the_wrong_answer():
+    def respond(request, i):
+        return {"step": "Idea.", "rollout": "The answer is A.", "finish": " Conclude. The answer is B.",
+                "reflect": "  "}[kind(request)]
+
+    result, backend = search(respond, width=1, correct_nodes=1)
+    wrong = by_text(result.tree, "Conclude. The answer is B.")
+    assert wrong.children == [] and wrong.completed
+    assert not any(n.reflection for n in result.tree.nodes)
+    assert result.stop_reason == "all_completed"
 
 
 def test_a_leaf_the_model_gives_nothing_for_is_completed():
@@ -169,3 +225,61 @@ def test_requests_share_a_byte_stable_prefix():
     step, rollout = backend.calls[0][0], backend.calls[1][0]
     assert rollout.messages == step.messages
     assert rollout.prefill.startswith(step.prefill)
+
+
+def noisy_model(request, i) -> str:
+    """A deterministic stand-in for a sampling model: the request's seed and sample index decide
+    whether a step states an answer and whether a rollout or completion is right."""
+    import random
+
+    rng = random.Random(f"{request.seed}|{i}")
+    k = kind(request)
+    if k == "force":
+        return rng.choice(["A", "B"])
+    if k in ("step", "reflect"):
+        return rng.choice(["Consider the vitals.", "Rule out infection.", "Check the labs.",
+                           "So the answer is A.", "So the answer is B."]) + f" ({rng.random():.3f})"
+    if k == "rollout":
+        return rng.choice(["Thus the answer is A.", "Thus the answer is B.", "Unclear."])
+    return rng.choice([" One.\n\nStep 9: Two. The answer is A.", " One. The answer is B.",
+                       " One.\n\nStep 9: Two.\n\nStep 10: Three. The answer is B."])
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("backprop", ["comp", "mean"])
+def test_every_node_has_at_least_its_childrens_visits_at_paper_settings(seed, backprop):
+    backend = ScriptedBackend(noisy_model)
+    config = SearchConfig(seed=seed, backprop=backprop)  # paper defaults: width 3, 20 simulations, ...
+    result = drive(TreeSearch(problem(), build_messages("Q?", None), config).run(), backend)
+    tree = result.tree
+    assert len(tree.nodes) > 4
+    for node in tree.nodes:
+        assert node.visits >= sum(c.visits for c in tree.children(node)), (seed, node.index)
+        assert node.visits >= 1 and 0.0 <= node.value <= 1.0
+    # the root is never evaluated itself: exactly one visit per node created below it
+    assert tree.root.visits == len(tree.nodes) - 1 - sum(1 for n in tree.nodes if n.split)
+
+
+def budget_model(request, i) -> str:
+    # every rollout is right, so each new step is finished at once; every completion is wrong and
+    # split into two pieces plus the finish node
+    return {"step": f"Idea {i}.", "rollout": "The answer is A.",
+            "finish": " One.\n\nStep 8: Two.\n\nStep 9: Three. The answer is B."}[kind(request)]
+
+
+def test_split_pieces_of_a_finish_grow_the_node_budget_by_default():
+    # root + 2 ideas = 3 counted; finishing idea 0 adds 1 counted node (+2 split), idea 1 another
+    result, _ = search(budget_model, width=2, max_nodes=5, refine_limit=0, post_process=False)
+    tree = result.tree
+    split = [n for n in tree.nodes if n.split]
+    assert [n.text for n in split] == ["One.", "Two.", "One.", "Two."]
+    assert result.stop_reason == "max_nodes"
+    assert (len(tree.nodes), len(tree.nodes) - len(split)) == (9, 5)
+    assert result.stats["split_nodes"] == 4
+
+
+def test_split_pieces_can_be_counted_against_the_budget_instead():
+    # every node counts: the first finish (3 nodes) already takes the tree from 3 to 6 >= 5
+    result, _ = search(budget_model, width=2, max_nodes=5, refine_limit=0, post_process=False,
+                       split_nodes_use_budget=True)
+    assert result.stop_reason == "max_nodes" and len(result.tree.nodes) == 6

@@ -148,3 +148,28 @@ def test_synthesis_with_vllm_writes_the_same_outputs_as_hf(tmp_path):
     assert sorted(p.name for p in (tmp_path / "vllm").iterdir()) == sorted(p.name for p in (tmp_path / "hf").iterdir())
     assert set(metrics) == set(reference)
     assert metrics["prefix_cache_hit_rate"] > 0.5  # MCTS prompts share long prefixes
+
+
+LETTERS = ("A", "B", "C", "D")
+
+
+def forced(question, path, temperature=0.0, n=1, seed=0):
+    from medsss.data.prompts import FORCE_ANSWER_SUFFIX
+
+    return GenerationRequest(build_messages(question, None), continuation_prefill(path) + FORCE_ANSWER_SUFFIX,
+                             n=n, temperature=temperature, top_p=0.95, max_tokens=8, stop=("\n",), seed=seed,
+                             choices=LETTERS)
+
+
+def test_choices_always_give_one_of_the_letters_and_greedy_matches_hf(vllm_backend, tiny_backend):
+    paths = [[STEP_ZERO], [STEP_ZERO, "Scurvy is vitamin C deficiency."], [STEP_ZERO, "Croup.", "So"]]
+    greedy_requests = [forced(q, p) for q in QUESTIONS for p in paths]
+    sampled_requests = [forced(q, p, temperature=1.0, n=4, seed=i)
+                        for i, (q, p) in enumerate(zip(QUESTIONS, paths))]
+    ours = vllm_backend.generate(greedy_requests + sampled_requests)
+    for row in ours:
+        for completion in row:
+            assert completion.text.strip() in LETTERS
+            assert (completion.generated_tokens, completion.finish_reason) == (1, "stop")
+    reference = tiny_backend.generate(greedy_requests)
+    assert [r[0].text for r in ours[: len(greedy_requests)]] == [r[0].text for r in reference]

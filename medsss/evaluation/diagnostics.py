@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from medsss.data.verify import is_correct
-from medsss.decoding import aggregate, answer_key
+from medsss.decoding import rank_answers
+from medsss.evaluation.items import answer_correct, as_candidates, is_choice, options_of
 
 
 def calibration(scores: Sequence[float], targets: Sequence[float], bins: int = 10) -> tuple[list[dict], float]:
@@ -55,28 +55,33 @@ def first_error_f1(chains: Sequence[tuple[Sequence[float], Sequence[float]]], th
             "correct_accuracy": acc_correct, "f1": f1}
 
 
-def vote_margin(item: dict[str, Any], aggregation: str) -> tuple[str | None, float]:
-    """The P-VS answer of a cached item and its margin: (S(best) - S(second)) / sum of S."""
-    totals: dict[str, float] = {}
-    for cand in item["candidates"]:
-        if cand["answer"]:
-            key = answer_key(cand["answer"])
-            totals[key] = totals.get(key, 0.0) + aggregate(cand["step_scores"] or [0.0], aggregation)
-    if not totals:
+def vote_margin(item: Mapping[str, Any], aggregation: str) -> tuple[str | None, float]:
+    """The P-VS answer of a cached item and its margin: (S(best) - S(second)) / sum of S.
+
+    The answer is ranked exactly as ``select(..., "pvs")`` ranks it (ties: the answer whose best
+    single candidate scores highest, then first appearance; votes by option letter on choice items
+    and by normalised text on free-text ones); the answer returned is the text of its best-scored
+    candidate, the one ``pvs`` would choose.
+    """
+    candidates = as_candidates(item["candidates"])
+    ranked = rank_answers(candidates, aggregation, choice=is_choice(item), options=options_of(item))
+    if not ranked:
         return None, 0.0
-    ranked = sorted(totals.items(), key=lambda kv: -kv[1])
-    total = sum(totals.values())
-    second = ranked[1][1] if len(ranked) > 1 else 0.0
-    return ranked[0][0], (ranked[0][1] - second) / total if total else 0.0
+    total = sum(vote.strength for vote in ranked)
+    second = ranked[1].strength if len(ranked) > 1 else 0.0
+    margin = (ranked[0].strength - second) / total if total else 0.0
+    return candidates[ranked[0].best][0], margin
 
 
-def abstention_curve(items: Sequence[dict[str, Any]], aggregation: str = "min",
+def abstention_curve(items: Sequence[Mapping[str, Any]], aggregation: str = "min",
                      coverages: Sequence[float] = (0.2, 0.4, 0.6, 0.8, 1.0)) -> list[dict[str, float]]:
-    """Accuracy when answering only the most confident share of items (by P-VS vote margin)."""
-    ranked = sorted(((vote_margin(item, aggregation), item["gold"]) for item in items), key=lambda x: -x[0][1])
+    """Accuracy when answering only the most confident share of items (by P-VS vote margin; equal
+    margins keep item order). Correctness is the verifier's, with each item's options."""
+    margins = [(vote_margin(item, aggregation), item) for item in items]
+    ranked = sorted(margins, key=lambda entry: -entry[0][1])
     rows = []
     for coverage in coverages:
         kept = ranked[: max(1, round(coverage * len(ranked)))] if ranked else []
-        accuracy = sum(is_correct(answer, gold) for (answer, _), gold in kept) / len(kept) if kept else 0.0
+        accuracy = sum(answer_correct(item, answer) for (answer, _), item in kept) / len(kept) if kept else 0.0
         rows.append({"coverage": coverage, "answered": len(kept), "accuracy": accuracy})
     return rows

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +18,34 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
         writer.writerows(rows)
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    def fmt(value: Any) -> str:
-        if isinstance(value, float):
-            return f"{100 * value:.1f}"
-        return "" if value is None else str(value)
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], *,
+                   labels: Mapping[str, str] | None = None, missing: Mapping[str, str] | None = None) -> str:
+    """A Markdown table; floats are shown as percentages, followed by ``[low, high]`` when the row
+    has ``<column>_ci_low``/``_ci_high``. ``labels`` rename headers; ``missing`` gives the text of an
+    empty cell per column (e.g. "not run")."""
+    labels, missing = labels or {}, missing or {}
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(row.get(c)) for c in columns) + " |" for row in rows]
+    def percent(value: float) -> str:
+        return f"{100 * value:.1f}"
+
+    def cell(row: dict[str, Any], column: str) -> str:
+        value = row.get(column)
+        if value is None:
+            return missing.get(column, "")
+        if not isinstance(value, float):
+            return str(value)
+        low, high = row.get(f"{column}_ci_low"), row.get(f"{column}_ci_high")
+        interval = f" [{percent(low)}, {percent(high)}]" if low is not None and high is not None else ""
+        return percent(value) + interval
+
+    lines = ["| " + " | ".join(labels.get(c, c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row, c) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
 def plot_accuracy_vs_n(grid: Sequence[dict[str, Any]], title: str, path: Path,
                        series: Sequence[tuple[str, str]]) -> None:
-    """One line (with its bootstrap band) per (selection, aggregation)."""
+    """One line (with its 95% item-bootstrap band) per (selection, aggregation)."""
     import matplotlib
 
     matplotlib.use("Agg")

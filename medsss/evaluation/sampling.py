@@ -1,7 +1,7 @@
 """Sample N candidates per question once, score every step once, cache everything per item.
 
-The cache (``cache/<benchmark>.jsonl``) holds per item the candidate texts, their steps, extracted
-answers and PRM step scores (and the greedy answer). Every decoding strategy is then evaluated
+The cache (``cache/<benchmark>.jsonl``) holds per item its gold, kind and options, the candidate
+texts, their steps, extracted answers and PRM step scores (and the greedy answer). Every decoding strategy is then evaluated
 offline from it, and a rerun skips cached items.
 """
 
@@ -74,7 +74,9 @@ def sample_and_score(
             rows = []
             for index, problem in enumerate(chunk):
                 samples = completions[index * per_item]
-                row = {"id": problem.id, "gold": problem.answer, "source": problem.source,
+                # kind and options travel with the row: offline selection and scoring need them.
+                row = {"id": problem.id, "gold": problem.answer, "kind": problem.kind,
+                       "options": dict(problem.options) if problem.options else None, "source": problem.source,
                        "candidates": [candidate(c.text, fallback) for c in samples]}
                 if greedy:
                     row["greedy"] = candidate(completions[index * per_item + 1][0].text, fallback)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 Message = dict[str, str]
 FinishReason = Literal["stop", "eos", "length"]
@@ -17,6 +17,16 @@ class GenerationRequest:
     ``messages`` is a chat (the backend applies the model's chat template and opens an assistant
     turn); ``prefill`` is assistant text already written, which the completion continues.
     ``n`` independent samples are returned for the request.
+
+    ``seed`` makes the request's samples reproducible: a sample depends only on the request and
+    its seed (and, in ``hf``, its sample index), never on what else shares the engine call.
+
+    ``choices`` non-empty means the completion is exactly one of these strings, each a single
+    token of the vocabulary (with or without a leading space: the choice "A" allows both " A"
+    and "A"). Backends generate one token restricted to those spellings; ``temperature`` 0 picks
+    the most probable allowed token, otherwise it is sampled among them with ``top_p``.
+    ``max_tokens`` and ``stop`` do not apply. The completion's text is the decoded token (" A"),
+    with ``finish_reason`` "stop". Used to force an option letter after " The answer is".
     """
 
     messages: tuple[Message, ...]
@@ -27,10 +37,17 @@ class GenerationRequest:
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    choices: tuple[str, ...] = ()
 
-    def sampling_key(self) -> tuple[float, float, int, tuple[str, ...]]:
-        """Requests with equal keys can share one engine call."""
-        return (self.temperature, self.top_p, self.max_tokens, self.stop)
+    def __post_init__(self) -> None:
+        if isinstance(self.choices, str):  # "ABCD" would silently mean four one-letter choices
+            raise ValueError(
+                f"GenerationRequest.choices must be a tuple of strings, got the string {self.choices!r}"
+            )
+        object.__setattr__(self, "choices", tuple(self.choices))  # a list would make the request unhashable
+        blank = [c for c in self.choices if not c.strip()]
+        if blank:
+            raise ValueError(f"GenerationRequest.choices has blank entries {blank!r}: {self.choices!r}")
 
 
 @dataclass
@@ -118,3 +135,43 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """``text`` up to the earliest stop string, and whether one occurred."""
     cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class ChoiceTokens:
+    """The token ids that spell each answer choice, for one tokenizer.
+
+    A token spells a choice when its decoded text, stripped of surrounding whitespace, equals the
+    choice: for "A" that is typically " A" and "A" (and e.g. "A\n" where the vocabulary has it).
+    Special tokens never count. The vocabulary is decoded once, on the first request with choices.
+    """
+
+    def __init__(self, tokenizer: Any, model_id: str = "the model") -> None:
+        self._tokenizer = tokenizer
+        self._model_id = model_id
+        self._by_text: dict[str, list[int]] | None = None
+
+    def _index(self) -> dict[str, list[int]]:
+        if self._by_text is None:
+            special = set(self._tokenizer.all_special_ids)
+            ids = [i for i in range(len(self._tokenizer)) if i not in special]
+            texts = self._tokenizer.batch_decode([[i] for i in ids])
+            by_text: dict[str, list[int]] = {}
+            for token_id, text in zip(ids, texts):
+                if text.strip():
+                    by_text.setdefault(text.strip(), []).append(token_id)
+            self._by_text = by_text
+        return self._by_text
+
+    def ids(self, choices: Sequence[str]) -> list[int]:
+        """Sorted ids of every token that spells one of ``choices``.
+
+        Raises ValueError naming the choices that no single token spells (multi-token choices
+        are not supported: a one-token completion could not complete them)."""
+        index = self._index()
+        missing = [c for c in choices if c.strip() not in index]
+        if missing:
+            raise ValueError(
+                f"choices {missing!r} are not single tokens of {self._model_id}'s vocabulary; "
+                "constrained answers support one-token choices only (e.g. option letters)"
+            )
+        return sorted({i for c in choices for i in index[c.strip()]})

@@ -1,14 +1,21 @@
 """The transformers backend: batched, left-padded generation that runs anywhere, CPU included.
 
-Requests with the same sampling settings share engine calls; each request's ``n`` samples are
+All requests of a ``generate`` call share engine calls, whatever their settings (each row has its
+own temperature, top-p, token limit, stop strings and choices); each request's ``n`` samples are
 separate rows that share one prefill. Rows are sorted by prompt length before chunking so a
 chunk pads little. The decode loop is our own (model forwards with a ``DynamicCache``) so it can
 share prefills, drop finished rows and sample without sorting the vocabulary.
+
+Seeds: each row draws its random numbers from a counter-based stream keyed by its request's seed
+and its sample index (:class:`~medsss.generation.sampling.RowStreams`), so a request's samples
+are the same alone or batched with any others. A request with ``seed=None`` gets a seed from the
+backend's own stream, seeded once at construction (``seed``): such requests are reproducible
+for the same sequence of ``generate`` calls on a fresh backend, not across different ones.
 """
 
 from __future__ import annotations
 
-import hashlib
+import random
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
@@ -18,10 +25,13 @@ import torch
 from transformers import DynamicCache, StopStringCriteria
 from transformers.cache_utils import DynamicLayer
 
-from medsss.generation.base import Completion, GenerationRequest, GenerationStats, cut_at_stop
+from medsss.generation.base import ChoiceTokens, Completion, GenerationRequest, GenerationStats, cut_at_stop
+from medsss.generation.dtype import choose_dtype
 from medsss.generation.kv_cache import preallocated_cache
 from medsss.generation.models import ModelSpec
-from medsss.generation.sampling import sample_next_tokens
+from medsss.generation.sampling import RowStreams, sample_next_tokens
+
+GROUPED_ATTENTION = "medsss_grouped_sdpa"
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -68,6 +78,7 @@ class HFBackend:
         max_batch_size: int = 64,
         num_threads: int | None = None,
         prefix_cache_size: int = 32,
+        seed: int = 0,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -79,6 +90,7 @@ class HFBackend:
         self.model_id = model.id
         self.max_batch_size = max_batch_size
         self.stats = GenerationStats()
+        self._unseeded = random.Random(seed)  # seeds for requests without one, in arrival order
         path = model.resolve()
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model.trust_remote_code)
         self.tokenizer.padding_side = "left"
@@ -86,7 +98,7 @@ class HFBackend:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(
             path,
-            dtype=resolve_dtype(model.dtype, device),
+            dtype=choose_dtype(model, device),
             trust_remote_code=model.trust_remote_code,
         )
         if model.adapter:
@@ -96,9 +108,11 @@ class HFBackend:
             self.model = PeftModel.from_pretrained(self.model, model.adapter).merge_and_unload()
         self.model = self.model.to(device)
         self.model.eval()
+        use_grouped_attention(self.model)
         eos = self.model.generation_config.eos_token_id
         self._eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         self._eos_ids.add(self.tokenizer.eos_token_id)
+        self._choice_tokens = ChoiceTokens(self.tokenizer, model.id)
         # Per-conversation caches are bounded: a long run sees every problem once.
         self._chat_cache: _LRU[tuple[tuple[str, str], ...], str] = _LRU(4096)
         self._chat_ids: _LRU[tuple[tuple[str, str], ...], list[int]] = _LRU(4096)
@@ -137,79 +151,81 @@ class HFBackend:
     # -- generation ------------------------------------------------------------------------------
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        """Every request shares the engine calls, whatever its sampling settings: each row
+        carries its own temperature, top-p, token limit, stop strings and choices."""
         results: list[list[Completion | None]] = [[None] * r.n for r in requests]
-        groups: dict[tuple, list[tuple[int, int, str]]] = defaultdict(list)
+        rows: list[tuple[int, int, str]] = []  # (request index, sample index, prompt text)
+        seeds = [r.seed if r.seed is not None else self._unseeded.getrandbits(64) for r in requests]
         for index, request in enumerate(requests):
+            if request.choices:  # fail before any engine work, naming the offending choices
+                self._choice_tokens.ids(request.choices)
             text = self.prompt_text(request)
-            for sample in range(request.n):
-                groups[request.sampling_key()].append((index, sample, text))
+            rows.extend((index, sample, text) for sample in range(request.n))
         self.stats.requests += len(requests)
 
-        for key, rows in groups.items():
-            # Sorting by prompt keeps a request's samples and a problem's requests together.
-            rows.sort(key=lambda row: (len(row[2]), row[2]))
-            for start in range(0, len(rows), self.max_batch_size):
-                chunk = rows[start : start + self.max_batch_size]
-                completions = self._generate_chunk(
-                    [t for _, _, t in chunk],
-                    [self._messages_key(requests[i]) for i, _, _ in chunk],
-                    requests[chunk[0][0]],
-                    [requests[i].seed for i, _, _ in chunk],
-                )
-                for (i, sample, _), completion in zip(chunk, completions):
-                    results[i][sample] = completion
+        # Sorting by prompt keeps a request's samples and a problem's requests together.
+        rows.sort(key=lambda row: (len(row[2]), row[2]))
+        for start in range(0, len(rows), self.max_batch_size):
+            chunk = rows[start : start + self.max_batch_size]
+            completions = self._generate_chunk(
+                [t for _, _, t in chunk],
+                [requests[i] for i, _, _ in chunk],
+                RowStreams([seeds[i] for i, _, _ in chunk], [sample for _, sample, _ in chunk]),
+            )
+            for (i, sample, _), completion in zip(chunk, completions):
+                results[i][sample] = completion
         return [[c for c in row if c is not None] for row in results]
 
     @torch.inference_mode()
     def _generate_chunk(
-        self,
-        texts: list[str],
-        conversations: list[tuple[tuple[str, str], ...]],
-        settings: GenerationRequest,
-        seeds: list[int | None],
+        self, texts: list[str], settings: list[GenerationRequest], streams: RowStreams
     ) -> list[Completion]:
-        """Decode one chunk of rows that share sampling settings.
+        """Decode one chunk of rows: ``texts[row]`` is its prompt, ``settings[row]`` its request
+        (sampling settings, token limit, stop strings, choices) and ``streams`` its random stream.
 
         Identical prompts (the ``n`` samples of a request) are prefilled once, the chat prompt of
         each conversation comes from the prefix cache, finished rows are dropped from the batch
         as they accumulate, and sampling is sort-free (see :mod:`medsss.generation.sampling`).
+        A row with choices gets exactly one token, one that spells one of its choices.
         """
         started = time.perf_counter()
-        generator = torch.Generator(device=self.device)
-        digest = hashlib.sha1(repr(seeds).encode()).digest()
-        generator.manual_seed(int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF)
+        n_rows = len(texts)
+        limits = [1 if r.choices else r.max_tokens for r in settings]
+        stops = [() if r.choices else r.stop for r in settings]
+        temperature = torch.tensor([r.temperature for r in settings], device=self.device)
+        top_p = torch.tensor([r.top_p for r in settings], device=self.device)
 
         unique: dict[str, int] = {}
         row_prompt = [unique.setdefault(text, len(unique)) for text in texts]
         unique_conversations: list[tuple[tuple[str, str], ...]] = [()] * len(unique)
-        for text, conversation in zip(texts, conversations):
-            unique_conversations[unique[text]] = conversation
+        for text, request in zip(texts, settings):
+            unique_conversations[unique[text]] = self._messages_key(request)
         cache, logits, prompt_lengths, mask, computed = self._prefill(
-            list(unique), unique_conversations, settings.max_tokens
+            list(unique), unique_conversations, max(limits)
         )
         select = torch.tensor(row_prompt, device=self.device)
         cache.batch_select_indices(select)
         logits = logits[select]
         mask = mask[select]
         next_position = prompt_lengths[select]
+        if any(r.choices for r in settings):
+            allowed = [self._choice_tokens.ids(r.choices) if r.choices else None for r in settings]
+            logits = _only(logits, allowed)
 
-        n_rows = len(texts)
         active = torch.arange(n_rows, device=self.device)  # original row of each batch slot
         tokens: list[list[int]] = [[] for _ in range(n_rows)]
         reasons: list[str] = ["length"] * n_rows
         done = [False] * n_rows
         generated = torch.empty(n_rows, 0, dtype=torch.long, device=self.device)
-        stop = self._stop_criteria(settings.stop) if settings.stop else None
         eos = torch.tensor(sorted(self._eos_ids), device=self.device)
 
-        for step in range(settings.max_tokens):
-            next_tokens = sample_next_tokens(logits, settings.temperature, settings.top_p, generator)
+        for step in range(max(limits)):
+            next_tokens = sample_next_tokens(logits, temperature, top_p, streams=streams, step=step)
             generated = torch.cat([generated, next_tokens[:, None]], dim=1)
-            is_eos = torch.isin(next_tokens, eos)
-            is_stop = stop(generated, None) if stop is not None else torch.zeros_like(is_eos)
             # One conversion per step; per-element tensor indexing would dominate small models.
             step_rows, step_tokens = active.tolist(), next_tokens.tolist()
-            step_eos, step_stop = is_eos.tolist(), is_stop.tolist()
+            step_eos = torch.isin(next_tokens, eos).tolist()
+            step_stop = self._stopped(generated, [stops[row] for row in step_rows])
             for slot, row in enumerate(step_rows):
                 if done[row]:
                     continue
@@ -218,8 +234,10 @@ class HFBackend:
                     reasons[row], done[row] = "eos", True
                 elif step_stop[slot]:
                     reasons[row], done[row] = "stop", True
+                elif len(tokens[row]) == limits[row]:
+                    done[row] = True  # reason stays "length"
             live = torch.tensor([not done[row] for row in step_rows], device=self.device)
-            if not live.any() or step == settings.max_tokens - 1:
+            if not live.any():
                 break
             # Drop finished rows once they are a quarter of the batch: copying the cache costs
             # about as much as a few decode steps of the dead rows.
@@ -227,6 +245,7 @@ class HFBackend:
                 keep = torch.nonzero(live).flatten()
                 cache.batch_select_indices(keep)
                 active, next_tokens, mask = active[keep], next_tokens[keep], mask[keep]
+                temperature, top_p, streams = temperature[keep], top_p[keep], streams.select(keep)
                 next_position, generated = next_position[keep], generated[keep]
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
             out = self.model(
@@ -237,10 +256,14 @@ class HFBackend:
             next_position = next_position + 1
 
         completions = []
-        for row in range(n_rows):
-            body = tokens[row][:-1] if reasons[row] == "eos" else tokens[row]
-            text, stopped = cut_at_stop(self.tokenizer.decode(body, skip_special_tokens=True), settings.stop)
-            reason = "stop" if stopped else reasons[row]
+        for row, request in enumerate(settings):
+            if request.choices:  # one allowed token: never eos, never cut
+                text, reason = self.tokenizer.decode(tokens[row]), "stop"
+            else:
+                body = tokens[row][:-1] if reasons[row] == "eos" else tokens[row]
+                decoded = self.tokenizer.decode(body, skip_special_tokens=True)
+                text, stopped = cut_at_stop(decoded, request.stop)
+                reason = "stop" if stopped else reasons[row]
             completions.append(
                 Completion(text=text, finish_reason=reason,  # type: ignore[arg-type]
                            prompt_tokens=int(prompt_lengths[row_prompt[row]]),
@@ -256,6 +279,24 @@ class HFBackend:
         self.stats.generated_tokens += sum(c.generated_tokens for c in completions)
         self.stats.generate_seconds += time.perf_counter() - started
         return completions
+
+    def _stopped(self, generated: torch.Tensor, stops: list[tuple[str, ...]]) -> list[bool]:
+        """Whether each batch row's tokens so far end in one of its own stop strings.
+
+        Rows are checked in groups that share a set of stop strings (one vectorised check each)."""
+        stopped = [False] * len(stops)
+        groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
+        for slot, stop in enumerate(stops):
+            if stop:
+                groups[stop].append(slot)
+        for stop, slots in groups.items():
+            if len(slots) == len(stops):
+                rows = generated
+            else:
+                rows = generated[torch.tensor(slots, device=generated.device)]
+            for slot, hit in zip(slots, self._stop_criteria(stop)(rows, None).tolist()):
+                stopped[slot] = hit
+        return stopped
 
     def _prefix(self, conversations: list[tuple[tuple[str, str], ...]]) -> tuple[list[_Prefix | None], int]:
         """KV caches of the chat prompts of ``conversations``, computing the missing ones.
@@ -376,3 +417,71 @@ class HFBackend:
         del self.model
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _only(logits: torch.Tensor, allowed: list[list[int] | None]) -> torch.Tensor:
+    """``logits`` with every token outside its row's ``allowed`` ids at -inf (rows with None
+    keep every token): argmax and sampling (temperature, top-p) then act on the allowed tokens'
+    distribution alone."""
+    keep = torch.zeros(logits.shape, dtype=torch.bool)
+    for row, ids in enumerate(allowed):
+        keep[row, slice(None) if ids is None else ids] = True
+    return logits.masked_fill(~keep.to(logits.device), float("-inf"))
+
+
+def grouped_sdpa_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers' ``sdpa`` attention without copying grouped KV heads.
+
+    With a padding mask, transformers' sdpa expands each KV head to its query heads on every call
+    (``repeat_kv``: a copy of the whole cache per layer and step). Decode steps (one query
+    position) instead fold each KV head's query heads into query positions: ``(b, kv*g, 1, d)``
+    becomes ``(b, kv, g, d)``, which attends to the ``kv`` heads as they are. The result is the
+    same attention; on CPUs the folded form is also the fastest bf16 kernel shape (see
+    ``benchmarks/hf_attention.py``). Longer queries (prefills) use SDPA's ``enable_gqa``, which
+    measured as fast as the fold there.
+    Returns ``(batch, q_len, heads, head_dim)`` as every transformers attention function does.
+    """
+    batch, heads, q_len, head_dim = query.shape
+    kv_heads = key.shape[1]
+    one_mask_per_row = attention_mask is None or attention_mask.shape[1] == 1
+    if q_len == 1 and heads != kv_heads and dropout == 0.0 and one_mask_per_row:
+        # One query position: the mask is (b, 1, 1, kv_len) and broadcasts over the folded heads.
+        folded = query.reshape(batch, kv_heads, heads // kv_heads, head_dim)
+        out = torch.nn.functional.scaled_dot_product_attention(folded, key, value, attn_mask=attention_mask,
+                                                               scale=scaling)
+        return out.reshape(batch, 1, heads, head_dim), None
+    causal = q_len > 1 and attention_mask is None and (is_causal if is_causal is not None
+                                                       else getattr(module, "is_causal", True))
+    if causal and key.shape[2] > q_len:  # as transformers' sdpa: an empty static cache's tail
+        key, value = key[:, :, :q_len], value[:, :, :q_len]
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, is_causal=causal,
+        enable_gqa=heads != kv_heads,
+    )
+    return out.transpose(1, 2).contiguous(), None
+
+
+def use_grouped_attention(model: torch.nn.Module) -> bool:
+    """Switch a model that transformers set up with ``sdpa`` to :func:`grouped_sdpa_attention`
+    (same masks, same results); models on other attention implementations are left alone.
+    Returns whether the model now uses it."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
+        return False
+    AttentionInterface.register(GROUPED_ATTENTION, grouped_sdpa_attention)
+    AttentionMaskInterface.register(GROUPED_ATTENTION, sdpa_mask)
+    model.set_attn_implementation(GROUPED_ATTENTION)
+    return model.config._attn_implementation == GROUPED_ATTENTION

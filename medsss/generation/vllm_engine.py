@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from medsss.generation.base import Completion, GenerationRequest, GenerationStats, cut_at_stop
+from medsss.generation.base import ChoiceTokens, Completion, GenerationRequest, GenerationStats, cut_at_stop
 from medsss.generation.models import ModelSpec
 
 
@@ -91,6 +91,7 @@ class VLLMBackend:
                                  ("max_num_batched_tokens", max_num_batched_tokens)) if v is not None},
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self._choice_tokens = ChoiceTokens(self.tokenizer, model.id)
         self.streaming = streaming
         self._chat_cache: dict[tuple[tuple[str, str], ...], str] = {}
         self._tickets = itertools.count()
@@ -116,14 +117,17 @@ class VLLMBackend:
         for i in sorted(range(len(requests)), key=lambda i: texts[i]):
             request = requests[i]
             ids = self.tokenizer(texts[i], add_special_tokens=False)["input_ids"]
+            # Choices: one token among those that spell a choice (the engine masks the rest).
+            allowed = self._choice_tokens.ids(request.choices) if request.choices else None
             params = SamplingParams(
                 n=request.n,
                 temperature=request.temperature,
                 top_p=request.top_p if request.temperature > 0 else 1.0,
-                max_tokens=request.max_tokens,
-                stop=list(request.stop) or None,
+                max_tokens=1 if allowed else request.max_tokens,
+                stop=None if allowed else list(request.stop) or None,
                 seed=request.seed,
                 skip_special_tokens=True,
+                allowed_token_ids=allowed,
             )
             prepared.append((i, TokensPrompt(prompt_token_ids=ids), params))
         return prepared
@@ -134,7 +138,9 @@ class VLLMBackend:
         completions = []
         for sample in output.outputs:
             text, stopped = cut_at_stop(sample.text, request.stop)
-            if sample.finish_reason == "length":
+            if request.choices:  # the one-token answer is complete by construction
+                text, reason = sample.text, "stop"
+            elif sample.finish_reason == "length":
                 reason = "length"
             elif stopped or isinstance(sample.stop_reason, str):
                 reason = "stop"

@@ -7,14 +7,22 @@ from collections.abc import Sequence
 LABEL_RULES = ("soft", "hard", "value_dynamics")
 
 
-def prm_labels(values: Sequence[float], rule: str, threshold: float = 0.5, factor: float = 1.0) -> list[float]:
+def prm_labels(
+    values: Sequence[float],
+    rule: str,
+    threshold: float = 0.5,
+    factor: float = 1.0,
+    shape_step_one: bool = False,
+) -> list[float]:
     """Labels of steps 1..K from the values of steps 0..K (step 0 is never labelled).
 
     - ``soft``: ``y_k = V_k``;
     - ``hard``: ``y_k = 1 if V_k > threshold else 0``;
-    - ``value_dynamics``: ``y_k = clip(V_k - factor * (V_{k-1} - V_k), 0, 1)``: a step that lowers
-      the value is penalised, one that raises it rewarded. Computed from the raw values, never
-      from earlier labels (a recursion on labels makes them oscillate).
+    - ``value_dynamics``: ``y_1 = V_1`` and, for k >= 2, ``y_k = clip(V_k - factor * (V_{k-1} - V_k),
+      0, 1)``: a step that lowers the value is penalised, one that raises it rewarded. Computed from
+      the raw values, never from earlier labels (a recursion on labels makes them oscillate).
+      Step 1 is left unshaped as the reference does: its predecessor is the root, whose value is
+      never rolled out. ``shape_step_one=True`` shapes it against the root's value too.
     """
     if rule not in LABEL_RULES:
         raise ValueError(f"label rule '{rule}' must be one of {LABEL_RULES}")
@@ -27,7 +35,10 @@ def prm_labels(values: Sequence[float], rule: str, threshold: float = 0.5, facto
         return [float(v) for v in values[1:]]
     if rule == "hard":
         return [1.0 if v > threshold else 0.0 for v in values[1:]]
-    return [
+    shaped = [
         min(1.0, max(0.0, current - factor * (previous - current)))
         for previous, current in zip(values[:-1], values[1:])
     ]
+    if not shape_step_one:
+        shaped[0] = float(values[1])
+    return shaped

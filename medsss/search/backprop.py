@@ -1,4 +1,4 @@
-"""Back-propagation of node values after an expansion."""
+"""Back-propagation of a new node's evaluation to its ancestors (DESIGN.md section 3)."""
 
 from __future__ import annotations
 
@@ -16,23 +16,26 @@ def children_mean(tree: Tree, node: Node) -> float | None:
     return sum(c.visits * c.value for c in children) / total
 
 
-def backpropagate(tree: Tree, start: Node, rule: str = "comp") -> None:
-    """Update ``start`` and every ancestor after new children were evaluated below ``start``.
+def backpropagate(tree: Tree, new_node: Node, rule: str = "comp") -> None:
+    """Walk up from ``new_node``, which was just evaluated, updating every ancestor.
 
-    Each node on the way gets one more visit and a new value from its children:
+    Called once per new node, in creation order, so an ancestor gains one visit per node created
+    below it and ``N(node) >= sum of its children's N`` holds everywhere. Each ancestor on the way
+    gets one more visit and a new value from its children:
 
-    - ``comp``: ``V <- (V + mean_children) / 2`` (a node never evaluated takes ``mean_children``);
+    - ``comp``: ``V <- (V + mean_children) / 2`` (a node never evaluated, the root, takes
+      ``mean_children``);
     - ``mean``: ``V <- mean_children``.
+
+    ``new_node`` itself keeps its own evaluation (a leaf's value is what it was evaluated at).
     """
     if rule not in BACKPROP_RULES:
         raise ValueError(f"search.backprop '{rule}' must be one of {BACKPROP_RULES}")
-    node: Node | None = start
-    while node is not None:
-        mean = children_mean(tree, node)
+    for ancestor in tree.ancestors(new_node):
+        mean = children_mean(tree, ancestor)
         if mean is not None:
-            if rule == "comp" and node.visits > 0:
-                node.value = (node.value + mean) / 2
+            if rule == "comp" and ancestor.visits > 0:
+                ancestor.value = (ancestor.value + mean) / 2
             else:
-                node.value = mean
-        node.visits += 1
-        node = tree.parent(node)
+                ancestor.value = mean
+        ancestor.visits += 1

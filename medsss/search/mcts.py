@@ -18,8 +18,10 @@ from medsss.data.prompts import (
     STEP_ZERO,
     continuation_prefill,
     split_steps,
+    step_prefix,
     truncate_at_step_marker,
 )
+from medsss.data.loaders import options_from_question
 from medsss.data.records import Problem
 from medsss.data.verify import extract_answer, is_correct
 from medsss.generation.base import Completion, GenerationRequest, Message
@@ -32,7 +34,15 @@ Requests = list[GenerationRequest]
 Responses = list[list[Completion]]
 SearchProcess = Generator[Requests, Responses, "SearchResult"]
 
-STEP_STOP = ("\nStep ",)
+
+
+def step_stop(index: int) -> tuple[str, ...]:
+    """Stop strings of a single-step request for step ``index``: the next step's exact marker.
+
+    Never the bare word "Step": a line such as "Step back and reconsider" is text, not a marker.
+    A model that numbers its next step otherwise is cut by :func:`truncate_at_step_marker`.
+    """
+    return (f"\n{step_prefix(index + 1)}",)
 
 
 @dataclass
@@ -49,6 +59,9 @@ class SearchConfig:
     refine_limit: int = 1
     correct_nodes: int = 4
     max_nodes: int = 60
+    # False (default, as the reference): nodes made by splitting a Finish completion grow the node
+    # budget instead of consuming it; True: every node counts against max_nodes.
+    split_nodes_use_budget: bool = False
     max_depth: int | None = None
     backprop: str = "comp"
     post_process: bool = True
@@ -75,6 +88,16 @@ class SearchConfig:
             raise ValueError(f"search.backprop must be 'comp' or 'mean', got '{self.backprop}'")
 
 
+def option_letters(problem: Problem) -> tuple[str, ...]:
+    """The option letters a forced answer may take: the problem's options, or for a choice item
+    without an options dict, the "A. text" lines of its question; () for free text."""
+    if problem.options:
+        return tuple(sorted(problem.options))
+    if problem.kind != "choice":
+        return ()
+    return tuple(sorted(options_from_question(problem.question) or {}))
+
+
 @dataclass
 class SearchResult:
     tree: Tree
@@ -92,8 +115,17 @@ class TreeSearch:
         self.config = config
         self.tree = Tree.with_root(problem.id, STEP_ZERO)
         self.iterations = 0
+        self.answer_choices = option_letters(problem)
+        self.unanswered_after_forcing = 0
 
     # -- the search loop ---------------------------------------------------------------------
+
+    def budget_used(self) -> int:
+        """Nodes counted against ``max_nodes`` (split pieces of a Finish completion grow the
+        budget instead, unless ``split_nodes_use_budget``)."""
+        if self.config.split_nodes_use_budget:
+            return len(self.tree.nodes)
+        return sum(1 for n in self.tree.nodes if not n.split)
 
     def run(self) -> SearchProcess:
         cfg = self.config
@@ -102,7 +134,7 @@ class TreeSearch:
             if len(self.tree.correct_leaves()) >= cfg.correct_nodes:
                 stop_reason = "correct_nodes"
                 break
-            if len(self.tree.nodes) >= cfg.max_nodes:
+            if self.budget_used() >= cfg.max_nodes:
                 stop_reason = "max_nodes"
                 break
             leaf = select_leaf(self.tree, cfg.exploration, cfg.unvisited_ucb)
@@ -132,7 +164,8 @@ class TreeSearch:
             texts = [truncate_at_step_marker(c.text).strip() for c in completions]
         else:
             completions = (yield [self.step_request(leaf, n=1, opening=REFLECT_OPENING)])[0]
-            texts = [REFLECT_OPENING + truncate_at_step_marker(completions[0].text).strip()]
+            body = truncate_at_step_marker(completions[0].text).strip()
+            texts = [REFLECT_OPENING + body if body else ""]  # an empty reflection is no step
         children = []
         for text, completion in zip(self._distinct(texts), completions):
             if not text:
@@ -148,7 +181,8 @@ class TreeSearch:
             mark_completed(self.tree, leaf)  # the model gave nothing usable here
             return
         yield from self.evaluate(children)
-        backpropagate(self.tree, leaf, self.config.backprop)
+        for child in children:  # one back-propagation per new node, in creation order
+            self._commit(child)
         self._settle_finishes(children)
 
     def post_process(self) -> SearchProcess:
@@ -168,7 +202,6 @@ class TreeSearch:
 
     def finish(self, leaves: list[Node]) -> SearchProcess:
         """Complete each leaf to an answer; the completion becomes a chain of new nodes."""
-        cfg = self.config
         requests = [self.completion_request(leaf, n=1, rollout=False) for leaf in leaves]
         completions = [row[0] for row in (yield requests)]
         texts = yield from self.force_answers(leaves, [c.text for c in completions])
@@ -177,15 +210,21 @@ class TreeSearch:
             answered = next((i for i, s in enumerate(steps) if extract_answer(s) is not None), len(steps) - 1)
             steps = steps[: answered + 1]
             parent = leaf
-            for step in steps[:-1]:  # intermediate steps carry the value they continue from
-                parent = self.tree.add_child(parent, step, "reason", visits=1, value=leaf.value)
+            for step in steps[:-1]:
+                # Split pieces carry the value they continue from and are not evaluated; the walk
+                # up from the finish node below them counts them like any ancestor.
+                parent = self.tree.add_child(parent, step, "reason", visits=1, value=leaf.value, split=True)
             node = self.tree.add_child(parent, steps[-1], "finish", generated_tokens=completion.generated_tokens)
             self._score_finish(node)
-            backpropagate(self.tree, parent, cfg.backprop)
+            self._commit(node)
             self._settle_finishes([node])
 
     def evaluate(self, nodes: list[Node]) -> SearchProcess:
-        """Value new nodes: a stated answer is worth 1 or 0, anything else its rollout accuracy."""
+        """Value new nodes: a stated answer is worth 1 or 0, anything else its rollout accuracy.
+
+        Visits are left at 0: each node is counted when it is back-propagated (``_commit``), so the
+        batched evaluation of siblings gives the same tree as evaluating them one at a time.
+        """
         open_nodes = []
         for node in nodes:
             if extract_answer(node.text) is not None:
@@ -210,35 +249,40 @@ class TreeSearch:
             outcomes = forced[cursor : cursor + len(row)]
             cursor += len(row)
             node.rollout_total = len(outcomes)
-            node.rollout_correct = sum(is_correct(extract_answer(t), self.problem.answer) for t in outcomes)
+            node.rollout_correct = sum(self._judge(extract_answer(t)) for t in outcomes)
             node.value = node.rollout_correct / node.rollout_total if node.rollout_total else 0.0
-            node.visits = 1
             if self.config.keep_rollout_texts:
                 node.rollout_texts = outcomes
 
     def force_answers(self, nodes: list[Node], texts: list[str]) -> Generator[Requests, Responses, list[str]]:
-        """Texts that state no answer get " The answer is" appended and a few greedy tokens."""
+        """Texts that state no answer get " The answer is" appended and a forced continuation.
+
+        On choice items the continuation is constrained to one of the option letters, so even a
+        weak model yields an answer; on free-text items it is a few greedy tokens. A text that
+        still states no answer counts in ``unanswered_after_forcing`` and is judged wrong.
+        """
         missing = [i for i, t in enumerate(texts) if extract_answer(t) is None]
         if not missing:
             return texts
         requests = []
         for i in missing:
             base = continuation_prefill(self.tree.path_texts(nodes[i]))
-            requests.append(
-                GenerationRequest(
-                    messages=self.messages,
-                    prefill=base + " " + texts[i].strip() + FORCE_ANSWER_SUFFIX,
-                    n=1,
-                    temperature=0.0,
-                    max_tokens=self.config.force_answer_tokens,
-                    stop=("\n",),
-                    seed=self._seed("force", nodes[i].index, i),
-                )
-            )
+            prefill = base + " " + texts[i].strip() + FORCE_ANSWER_SUFFIX
+            seed = self._seed("force", nodes[i].index, i)
+            if self.answer_choices:
+                request = GenerationRequest(messages=self.messages, prefill=prefill, n=1, temperature=0.0,
+                                            max_tokens=1, choices=self.answer_choices, seed=seed)
+            else:
+                request = GenerationRequest(messages=self.messages, prefill=prefill, n=1, temperature=0.0,
+                                            max_tokens=self.config.force_answer_tokens, stop=("\n",), seed=seed)
+            requests.append(request)
         responses = yield requests
         texts = list(texts)
         for i, row in zip(missing, responses):
-            texts[i] = texts[i].strip() + FORCE_ANSWER_SUFFIX + row[0].text.rstrip()
+            forced = f" {row[0].text.strip()}." if self.answer_choices else row[0].text.rstrip()
+            texts[i] = texts[i].strip() + FORCE_ANSWER_SUFFIX + forced
+            if extract_answer(texts[i]) is None:
+                self.unanswered_after_forcing += 1
         return texts
 
     # -- requests ----------------------------------------------------------------------------
@@ -252,7 +296,7 @@ class TreeSearch:
             temperature=cfg.step_temperature,
             top_p=cfg.step_top_p,
             max_tokens=cfg.max_step_tokens,
-            stop=STEP_STOP,
+            stop=step_stop(len(self.tree.path(node))),
             seed=self._seed("step", node.index, len(node.children)),
         )
 
@@ -270,11 +314,18 @@ class TreeSearch:
 
     # -- helpers -----------------------------------------------------------------------------
 
+    def _judge(self, answer: str | None) -> bool:
+        return is_correct(answer, self.problem.answer, options=self.problem.options)
+
     def _score_finish(self, node: Node) -> None:
         node.answer = extract_answer(node.text)
-        node.correct = is_correct(node.answer, self.problem.answer)
+        node.correct = self._judge(node.answer)
         node.value = 1.0 if node.correct else 0.0
+
+    def _commit(self, node: Node) -> None:
+        """Count an evaluated new node (its own visit) and back-propagate it to its ancestors."""
         node.visits = 1
+        backpropagate(self.tree, node, self.config.backprop)
 
     def _settle_finishes(self, nodes: list[Node]) -> None:
         cfg = self.config
@@ -307,4 +358,6 @@ class TreeSearch:
             "incorrect_leaves": sum(1 for n in finishes if not n.correct),
             "generated_tokens": sum(n.generated_tokens for n in self.tree.nodes),
             "rollouts": sum(n.rollout_total for n in self.tree.nodes),
+            "split_nodes": sum(1 for n in self.tree.nodes if n.split),
+            "unanswered_after_forcing": self.unanswered_after_forcing,
         }

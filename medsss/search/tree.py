@@ -35,6 +35,7 @@ class Node:
     correct: bool | None = None  # set on finish nodes only
     completed: bool = False  # nothing left to explore below (or at) this node
     reflection: bool = False  # made by the reflect action (kind "finish" if it states an answer)
+    split: bool = False  # an intermediate piece of a split Finish completion (never evaluated)
     generated_tokens: int = 0
 
     @property

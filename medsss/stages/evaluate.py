@@ -13,10 +13,22 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from medsss.data.loaders import DataSpec, load_problems
-from medsss.data.verify import is_correct
-from medsss.decoding import select
-from medsss.evaluation.grid import accuracy_grid, greedy_accuracy, pass_at_k, powers_of_two
+from medsss.evaluation.grid import accuracy_grid, candidate_count
+from medsss.evaluation.items import answer_correct, decoded
 from medsss.evaluation.report import markdown_table, plot_accuracy_vs_n, write_csv
+from medsss.evaluation.results import (
+    COLUMNS,
+    NOT_RUN,
+    PRM_STRATEGIES,
+    BenchmarkResult,
+    DecodeChoice,
+    column_labels,
+    decode_choice,
+    decode_n,
+    header,
+    macro_average,
+    summarise,
+)
 from medsss.evaluation.sampling import sample_and_score
 from medsss.metrics import peak_memory_mb, write_json
 
@@ -56,16 +68,21 @@ def load_token_classifier(path: str, base: str | None):
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     stage = cfg.stage
+    policy_prompt, prm_prompt = system_prompts(cfg)
+    decode = decode_choice(cfg.decode.selection, cfg.decode.aggregation, int(cfg.decode.n),
+                           has_prm=bool(stage.prm.path), greedy_sampled=bool(stage.greedy))
     model = instantiate(cfg.model)
     backend = instantiate(cfg.backend)(model=model)
-    scorer = load_scorer(stage.prm, cfg.prompt.system, getattr(backend, "device", "cpu"))
+    scorer = load_scorer(stage.prm, prm_prompt, getattr(backend, "device", "cpu"))
     selections = list(stage.selections) if scorer else ["sc"]
     tracker = instantiate(cfg.logger)
     tracker.start(OmegaConf.to_container(cfg, resolve=True), run_dir)
     for folder in ("cache", "predictions", "plots"):
         (run_dir / folder).mkdir(exist_ok=True)
 
-    results, grid_rows, all_items = [], [], []
+    results: list[BenchmarkResult] = []
+    grid_rows: list[dict[str, Any]] = []
+    all_items: list[dict[str, Any]] = []
     for entry in cfg.suite.benchmarks:
         spec = DataSpec(name=entry.name, format=entry.format, path=str(entry.path),
                         limit=stage.limit, skip_invalid=stage.skip_invalid)
@@ -73,44 +90,54 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             log.warning("benchmark %s: %s not found, skipped", entry.name, spec.path)
             continue
         problems = load_problems(spec).problems
+        if not problems:
+            log.warning("benchmark %s: no items (stage.limit=%s), skipped", entry.name, stage.limit)
+            continue
         progress = tqdm(total=len(problems), desc=entry.name, unit="item", dynamic_ncols=True)
         items = sample_and_score(
             problems, backend, scorer.score_chains if scorer else None, run_dir / "cache" / f"{entry.name}.jsonl",
             n=stage.n, temperature=stage.temperature, top_p=stage.top_p, max_tokens=stage.max_tokens,
-            system_prompt=cfg.prompt.system, greedy=stage.greedy, fallback=stage.last_line_fallback,
+            system_prompt=policy_prompt, greedy=stage.greedy, fallback=stage.last_line_fallback,
             items_per_call=stage.items_per_call, seed=cfg.seed, on_item=lambda _: progress.update(1),
         )
         progress.close()
         all_items += items
-        grid = accuracy_grid(items, selections, list(stage.aggregations), rounds=stage.bootstrap, seed=cfg.seed)
+        grid = accuracy_grid(items, selections, list(stage.aggregations), rounds=stage.subsample_rounds,
+                             bootstrap=stage.bootstrap, seed=cfg.seed)
         grid_rows += [{"benchmark": entry.name, **row} for row in grid]
-        results.append(_summary(entry.name, items, grid, cfg.decode, stage.n))
-        _write_predictions(run_dir / "predictions" / f"{entry.name}.jsonl", items, cfg.decode)
+        results.append(summarise(entry.name, items, strategies=selections, aggregation=cfg.decode.aggregation,
+                                 decode=decode, bootstrap=stage.bootstrap, seed=cfg.seed))
+        write_predictions(run_dir / "predictions" / f"{entry.name}.jsonl", items, decode)
         plot_accuracy_vs_n(grid, entry.name, run_dir / "plots" / f"{entry.name}.png",
                            [("sc", "-")] + [(s, cfg.decode.aggregation) for s in selections if s != "sc"])
 
     if not results:
         raise ValueError("no benchmark of the suite was found; check suite.benchmarks paths")
     diagnostics = _diagnostics(cfg, run_dir, scorer, all_items) if scorer else {}
-    results.append(_macro(results))
-    columns = ["benchmark", "items", "greedy", "sc", "bon", "pvs", "vote_mean", "decode", "pass@1", f"pass@{stage.n}"]
+    rows = [r.row for r in results] + [macro_average(results, bootstrap=stage.bootstrap, seed=cfg.seed)]
+    not_run = {column: NOT_RUN for column in PRM_STRATEGIES if column not in selections}
     (run_dir / "results.md").write_text(
-        f"Accuracy (%) at N={stage.n}; PRM strategies aggregate steps by `{cfg.decode.aggregation}`; "
-        f"`decode` is `{cfg.decode.selection}`.\n\n" + markdown_table(results, columns)
+        header(rows, decode=decode, bootstrap=stage.bootstrap, seed=cfg.seed, has_prm=scorer is not None) + "\n"
+        + markdown_table(rows, COLUMNS, labels=column_labels(rows), missing=not_run)
     )
-    write_csv(results, run_dir / "results.csv")
+    write_csv(rows, run_dir / "results.csv")
     write_csv(grid_rows, run_dir / "grid.csv")
 
-    sampled = sum(r["items"] for r in results[:-1]) * (stage.n + (1 if stage.greedy else 0))
+    sampled = sum(len(item["candidates"]) + (1 if item.get("greedy") else 0) for item in all_items)
     # Without the cache, every grid cell would sample (and score) its own n candidates per item.
-    without_cache = sum(r["items"] * sum(g["n"] for g in grid_rows if g["benchmark"] == r["benchmark"])
-                        for r in results[:-1])
+    without_cache = sum(r.row["items"] * sum(g["n"] for g in grid_rows if g["benchmark"] == r.row["benchmark"])
+                        for r in results)
+    macro = rows[-1]
     metrics = {
         "stage": "evaluate",
         "model": model.id,
         "prm": stage.prm.path,
         "wall_seconds": round(time.perf_counter() - started, 3),
-        "macro_" + cfg.decode.selection: results[-1]["decode"],
+        "decode": decode.selection,
+        "decode_fallback_from": decode.fallback_from,
+        "macro_" + decode.selection: macro["decode"],
+        "macro_decode_ci": [macro["decode_ci_low"], macro["decode_ci_high"]],
+        "macro_unparseable": macro["unparseable"],
         "generations_sampled": sampled,
         "generations_without_cache": without_cache,
         "grid_cells": len(grid_rows),
@@ -119,12 +146,23 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         **peak_memory_mb(),
     }
     write_json(run_dir / "metrics.json", metrics)
-    tracker.log_table("results", columns, [[r.get(c) for c in columns] for r in results])
-    tracker.log_table("grid", list(grid_rows[0]), [list(r.values()) for r in grid_rows])
+    tracker.log_table("results", list(COLUMNS), [[r.get(c) for c in COLUMNS] for r in rows])
+    if grid_rows:
+        tracker.log_table("grid", list(grid_rows[0]), [list(r.values()) for r in grid_rows])
     tracker.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     tracker.finish()
     backend.close()
     return metrics
+
+
+def system_prompts(cfg: DictConfig) -> tuple[str | None, str | None]:
+    """The policy's and the PRM's system prompts: ``stage.policy_system_prompt`` and
+    ``stage.prm.system_prompt`` (both default to the project's ``prompt.system``; the released
+    MedSSS models use their own, see ``+experiment=eval_medsss_8b``)."""
+    stage = cfg.stage
+    policy = stage.policy_system_prompt if "policy_system_prompt" in stage else cfg.prompt.system
+    prm = stage.prm.system_prompt if "system_prompt" in stage.prm else cfg.prompt.system
+    return policy or None, prm or None
 
 
 def _diagnostics(cfg: DictConfig, run_dir: Path, scorer, items: list[dict]) -> dict[str, Any]:
@@ -160,50 +198,13 @@ def _diagnostics(cfg: DictConfig, run_dir: Path, scorer, items: list[dict]) -> d
     return out
 
 
-def _at(grid: list[dict], selection: str, aggregation: str, n: int) -> float | None:
-    for row in grid:
-        if row["selection"] == selection and row["aggregation"] in (aggregation, "-") and row["n"] == n:
-            return row["accuracy"]
-    return None
-
-
-def _summary(name: str, items: list[dict], grid: list[dict], decode: DictConfig, n: int) -> dict[str, Any]:
-    top = max(powers_of_two(n)) if n else 1
-    return {
-        "benchmark": name,
-        "items": len(items),
-        "greedy": greedy_accuracy(items),
-        **{s: _at(grid, s, decode.aggregation, top) for s in ("sc", "bon", "pvs", "vote_mean")},
-        "decode": _at(grid, decode.selection, decode.aggregation, min(decode.n, top)),
-        "pass@1": pass_at_k(items, 1),
-        f"pass@{n}": pass_at_k(items, n),
-    }
-
-
-def _macro(results: list[dict[str, Any]]) -> dict[str, Any]:
-    row: dict[str, Any] = {"benchmark": "macro average", "items": sum(r["items"] for r in results)}
-    for key in results[0]:
-        values = [r[key] for r in results if isinstance(r.get(key), float)]
-        if key not in ("benchmark", "items") and values:
-            row[key] = sum(values) / len(values)
-    return row
-
-
-def _decoded(item: dict, decode: DictConfig) -> dict | None:
-    """The candidate the ``decode=`` strategy picks for a cached item (the greedy sample for
-    ``greedy``), or None."""
-    if decode.selection == "greedy":
-        return item.get("greedy")
-    pool = item["candidates"][: decode.n]
-    chosen = select([(c["answer"], c["step_scores"] or [0.0]) for c in pool], decode.selection, decode.aggregation)
-    return pool[chosen] if chosen is not None else None
-
-
-def _write_predictions(path: Path, items: list[dict], decode: DictConfig) -> None:
+def write_predictions(path: Path, items: list[dict], decode: DecodeChoice) -> None:
+    """Per item, the answer of the decode strategy: the same decisions as the ``decode`` column."""
+    n = decode_n(decode, candidate_count(items))
     with open(path, "w", encoding="utf-8") as handle:
         for item in items:
-            picked = _decoded(item, decode) or {}
+            picked = decoded(item, decode.selection, decode.aggregation, n) or {}
             answer = picked.get("answer")
             handle.write(json.dumps({"id": item["id"], "gold": item["gold"], "answer": answer,
-                                     "correct": is_correct(answer, item["gold"]), "text": picked.get("text")},
+                                     "correct": answer_correct(item, answer), "text": picked.get("text")},
                                     ensure_ascii=False) + "\n")

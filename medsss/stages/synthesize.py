@@ -51,7 +51,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     tracker = instantiate(cfg.logger)
     tracker.start(OmegaConf.to_container(cfg, resolve=True), run_dir)
-    counters = {"done": 0, "failed": 0, "nodes": 0}
+    counters = {"done": 0, "failed": 0, "nodes": 0, "unanswered_after_forcing": 0}
     backend = instantiate(cfg.backend)(model=model) if todo else None
     search_started = time.perf_counter()
 
@@ -65,6 +65,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             store.append(tree_record(problem, result, model.id))
             counters["done"] += 1
             counters["nodes"] += result.stats["nodes"]
+            counters["unanswered_after_forcing"] += result.stats["unanswered_after_forcing"]
             progress.update(1)
             tracker.log({"synthesis/" + k: v for k, v in _live_metrics(backend, search_started, counters).items()},
                         step=counters["done"] + counters["failed"])
@@ -99,6 +100,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "failed_this_run": counters["failed"],
         "stored_trees": len(store),
         "nodes_this_run": counters["nodes"],
+        # forced answers that still stated none (free-text items; choice items are constrained)
+        "unanswered_after_forcing": counters["unanswered_after_forcing"],
         "wall_seconds": round(wall, 3),
         "search_seconds": round(search_wall, 3),
         "problems_per_hour": round(3600 * counters["done"] / search_wall, 2) if counters["done"] else 0.0,
@@ -126,6 +129,7 @@ def tree_record(problem: Problem, result: SearchResult, model_id: str) -> dict[s
         "question": problem.question,
         "answer": problem.answer,
         "kind": problem.kind,
+        "options": problem.options,
         "source": problem.source,
         "model": model_id,
         "stop_reason": result.stop_reason,
