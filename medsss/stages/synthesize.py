@@ -117,8 +117,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if backend is not None:
         backend.close()
     log.info(
-        "synthesis: %d trees stored (%d correct, %d incorrect chains) in %s",
-        len(store), counts["pos_chains"], counts["neg_chains"], run_dir,
+        "synthesis done: %s\n  %d trees stored: %d correct and %d incorrect chains, %d problems with both\n"
+        "  %.1f problems/hour (%d searched in %.0f s of search, %.0f s wall)\n"
+        "  next: train on these trees with `python -m medsss.run +experiment=sft_policy data.trees=%s` "
+        "(or +experiment=prm_soft); metrics.json and trajectories.jsonl hold the details",
+        run_dir, len(store), counts["pos_chains"], counts["neg_chains"], counts["problems_with_both"],
+        metrics["problems_per_hour"], counters["done"], search_wall, wall, run_dir,
     )
     return metrics
 
