@@ -59,7 +59,7 @@ def test_sft_stage_saves_an_adapter_and_a_merged_policy_the_backend_loads(trees,
 @pytest.mark.parametrize("experiment, expected_labels", [
     ("prm_soft", [0.5, 1.0]),
     ("prm_hard", [0.0, 1.0]),
-    ("prm_value_dynamics", [0.6, 1.0]),  # 0.5 - (0.4 - 0.5) = 0.6; 1.0 - (0.5 - 1.0) -> 1
+    ("prm_value_dynamics", [0.5, 1.0]),  # step 1 unshaped (V_1 = 0.5); 1.0 - (0.5 - 1.0) -> 1
 ])
 def test_prm_stage_labels_by_rule_and_saves_a_scorer(trees, tmp_path, experiment, expected_labels):
     metrics = run_stage(compose([f"+experiment={experiment}", f"data.trees={trees}", *TINY]), tmp_path)
