@@ -65,7 +65,7 @@ def read_trees(sources: Iterable[str | Path]) -> Iterator[dict[str, Any]]:
             path = path / TREES_FILE if (path / TREES_FILE).exists() else path / TRAJECTORIES_FILE
         if not path.exists():
             raise FileNotFoundError(f"{path}: no tree store or chain file here (data.trees)")
-        if path.read_bytes().lstrip()[:1] == b"[":  # a JSON list (the reference writes these too)
+        if _first_character(path) == "[":  # a JSON list (the reference writes these too)
             try:
                 items = json.loads(path.read_text(encoding="utf-8"))
             except json.JSONDecodeError as error:
@@ -77,6 +77,15 @@ def read_trees(sources: Iterable[str | Path]) -> Iterator[dict[str, Any]]:
             if not isinstance(record, dict):
                 raise ValueError(f"{path}: record {number}: expected a JSON object, got {type(record).__name__}")
             yield {**record, SOURCE_KEY: f"{path}: record {number}"}
+
+
+def _first_character(path: Path) -> str:
+    """The first non-blank character of a file, read without loading the whole file."""
+    with open(path, encoding="utf-8-sig") as handle:
+        while chunk := handle.read(4096):
+            if chunk.strip():
+                return chunk.lstrip()[0]
+    return ""
 
 
 def chains_of(record: dict[str, Any]) -> list[Chain]:

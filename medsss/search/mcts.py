@@ -296,7 +296,7 @@ class TreeSearch:
             temperature=cfg.step_temperature,
             top_p=cfg.step_top_p,
             max_tokens=cfg.max_step_tokens,
-            stop=step_stop(len(self.tree.path(node))),
+            stop=step_stop(node.depth + 1),
             seed=self._seed("step", node.index, len(node.children)),
         )
 
