@@ -90,10 +90,10 @@ def test_a_request_the_streaming_engine_refuses_fails_its_tree_only():
     assert list(failed) == ["q2"] and "max_model_len" in failed["q2"]
 
 
-def test_a_tree_that_needs_only_a_forced_answer_is_served_before_long_rollouts():
-    # One engine call lasts as long as its longest row: a one-token forced answer batched with a
-    # 1024-token rollout would leave the rollout decoding alone afterwards. The short tree goes
-    # first, on its own; the rollout tree stays parked for the next call.
+def test_trees_with_short_requests_are_served_before_long_rollouts():
+    # One engine call lasts as long as its longest row: a one-token forced answer or a 256-token
+    # step batched with a 1024-token rollout would wait for the rollout. Short trees (at most half
+    # the longest horizon) go first, on their own; the rollout tree stays parked for the next call.
     from medsss.generation.base import GenerationRequest
     from medsss.search.scheduler import _Live, _short_first
 
@@ -101,7 +101,8 @@ def test_a_tree_that_needs_only_a_forced_answer_is_served_before_long_rollouts()
     forced = _Live(problem(pid="f"), None, [GenerationRequest(messages, choices=("A", "B"))])
     rollout = _Live(problem(pid="r"), None, [GenerationRequest(messages, max_tokens=1024)])
     step = _Live(problem(pid="s"), None, [GenerationRequest(messages, max_tokens=256)])
-    assert _short_first([rollout, forced, step]) == ([forced], [rollout, step])
-    # A step (256) is not short beside a rollout (1024 = 4 x 256): both go in one call.
-    assert _short_first([rollout, step]) == ([rollout, step], [])
+    finish = _Live(problem(pid="x"), None, [GenerationRequest(messages, max_tokens=600)])
+    assert _short_first([rollout, forced, step, finish]) == ([forced, step], [rollout, finish])
+    # 600 is more than half of 1024: served with the rollout.
+    assert _short_first([rollout, finish]) == ([rollout, finish], [])
     assert _short_first([]) == ([], [])

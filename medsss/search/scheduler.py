@@ -107,19 +107,19 @@ def _horizon(item: _Live) -> int:
 def _short_first(live: list[_Live]) -> tuple[list[_Live], list[_Live]]:
     """The trees to serve this tick, and those to keep parked.
 
-    An engine call lasts as many decode steps as its longest row, so a tree that only needs a
-    forced answer (one token) in the same call as another tree's rollout would leave that
-    rollout decoding alone, a few rows at a time, once the short rows are done. Trees whose
-    requests are short (under a quarter of the longest horizon) are served first, on their
-    own; most then ask for long completions and join the next call. Outcomes do not change:
-    a row's samples do not depend on what else is in its batch.
+    An engine call lasts as many decode steps as its longest row, so a tree that needs only a
+    forced answer (one token) or a step (256 tokens) in the same call as another tree's rollout
+    (1024) would wait for the rollout, and the rollout's last steps would decode a few rows at a
+    time. Trees whose requests are at most half the longest horizon are served first, on their
+    own (shortest job first); most then ask for longer completions and join the next call.
+    Outcomes do not change: a row's samples do not depend on what else is in its batch.
     """
     horizons = [_horizon(item) for item in live]
     longest = max(horizons, default=0)
-    short = [item for item, h in zip(live, horizons) if h * 4 < longest]
+    short = [item for item, h in zip(live, horizons) if h * 2 <= longest]
     if not short:
         return live, []
-    return short, [item for item, h in zip(live, horizons) if h * 4 >= longest]
+    return short, [item for item, h in zip(live, horizons) if h * 2 > longest]
 
 
 def _run_streaming(
