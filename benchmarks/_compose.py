@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+
+from medsss.config_schema import compose
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+    """The config ``python -m medsss.run`` would compose (schemas registered, added keys checked)."""
+    return compose(overrides, config_dir=str(CONF))
 
 
 def synthesis_metrics(overrides: list[str]) -> dict:

@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from medsss.config_schema import check_config, register_configs
 from medsss.hardware import configure_threads, parallel_jobs
 
 log = logging.getLogger("medsss")
@@ -37,8 +38,16 @@ def run_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return stages[name](cfg, run_dir)
 
 
+# The group schemas (conf/*/*.yaml name them in their defaults lists) must be in Hydra's
+# ConfigStore before @hydra.main composes.
+register_configs()
+
+
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    check_config(cfg)  # keys that +key=value added past a settings node's schema
+    # paths.cache_dir is where the model loaders cache (they read $MEDSSS_CACHE, as do vLLM's workers).
+    os.environ["MEDSSS_CACHE"] = str(Path(cfg.paths.cache_dir).expanduser())
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     # Before any model work: torch's pools are sized once, and a joblib multirun's jobs share the cores.

@@ -22,12 +22,11 @@ def embedded_model_overrides() -> list[str]:
     return [f"model.dtype={dtype}"] if dtype else []
 
 
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+def compose(overrides: list[str], config_dir: Path = CONF):
+    """The config ``python -m medsss.run`` would compose (schemas registered, added keys checked)."""
+    from medsss.config_schema import compose as compose_config
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides)
+    return compose_config(overrides, config_dir=str(config_dir))
 
 
 @pytest.fixture(scope="session")

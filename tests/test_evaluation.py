@@ -11,6 +11,7 @@ import torch
 from conftest import BENCHMARKS, compose
 from helpers import ScriptedBackend, build_tree, problem
 
+from medsss.evaluation.pipeline import write_predictions
 from medsss.evaluation.report import markdown_table
 from medsss.evaluation.results import (
     COLUMNS,
@@ -29,7 +30,7 @@ from medsss.generation.base import GenerationRequest
 from medsss.generation.hf import HFBackend
 from medsss.generation.models import ModelSpec
 from medsss.run import run_stage
-from medsss.stages.evaluate import system_prompts, write_predictions
+from medsss.stages.evaluate import system_prompts
 
 
 def test_samples_are_split_into_steps_answered_scored_and_cached(tmp_path):
@@ -213,7 +214,7 @@ def test_eval_stage_without_a_prm_reports_prm_strategies_not_run_and_ends_cleanl
     from omegaconf import open_dict
 
     cfg = compose(["+experiment=eval_bench", "model=tiny", "backend=hf", "stage.limit=1", "stage.n=2", "stage.max_tokens=8",
-                   "stage.bootstrap=20", "logger=none"])
+                   "stage.bootstrap=20", "logger=csv"])
     with open_dict(cfg):
         cfg.suite.benchmarks = [b for b in cfg.suite.benchmarks if b.name in ("medqa", "drugdose")]
     run_dir = tmp_path / "eval"
@@ -232,3 +233,10 @@ def test_eval_stage_without_a_prm_reports_prm_strategies_not_run_and_ends_cleanl
     grid = (run_dir / "grid.csv").read_text().splitlines()
     assert len(grid) - 1 == 2 * 2 and all(",sc,-," in line for line in grid[1:])  # sc at N in {1, 2}
     assert len((run_dir / "predictions" / "drugdose.jsonl").read_text().splitlines()) == 1
+    # logger=csv: the results and grid tables beside the run's metrics, results.csv left as written
+    log_dir = run_dir / "logs" / "version_0"
+    logged = (log_dir / "results.csv").read_text().splitlines()
+    assert logged[0] == ",".join(COLUMNS) and len(logged) == 1 + 3  # two benchmarks and the macro average
+    assert len((log_dir / "grid.csv").read_text().splitlines()) == len(grid)
+    assert (run_dir / "results.csv").read_text().splitlines()[0] != logged[0]  # the full table, intervals too
+    assert "macro_sc" in (log_dir / "metrics.csv").read_text().splitlines()[0]

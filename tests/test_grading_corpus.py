@@ -1,4 +1,4 @@
-"""Grading as a careful human grader would (DESIGN.md section 2, issue 9 point 3).
+"""Grading as a careful human grader would (see docs/method.md#answer-grading).
 
 ``tests/data/grading_corpus.jsonl`` holds realistic model outputs for real items of the seven
 shared benchmark files, each labelled by hand with what a careful human grader says (``human``)
@@ -57,7 +57,7 @@ REQUIRED_CLASSES = (
     "free_text_number_boundary",  # "125 mg" for the gold "25 mg": wrong
     "no_answer",                  # no answer stated: wrong
 )
-# Rows whose answer stands in a phrase DESIGN.md section 2 does not extract ("so option B is
+# Rows whose answer stands in a phrase extract_answer does not look for ("so option B is
 # correct"): a human credits them, the rules cannot (no last-line guessing). They count in the
 # overall agreement only.
 OUTSIDE_THE_RULES = "other_phrasing"

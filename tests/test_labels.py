@@ -5,8 +5,10 @@ import json
 import pytest
 from helpers import build_tree
 
+from medsss.io import write_jsonl
 from medsss.labels import prm_labels
-from medsss.labels.views import chains_of, prm_rows, read_trees, sft_rows, step_weights, write_rows
+from medsss.labels.chains import chains_of, read_trees, sample_chain_table
+from medsss.labels.views import prm_rows, sft_rows, step_weights
 
 CHAIN = [0.4, 0.6, 0.3, 0.3, 1.0]  # values of steps 0..4
 
@@ -91,6 +93,28 @@ def test_chains_are_root_to_finish_leaf_paths_with_their_values():
     ]
 
 
+def test_chains_carry_each_steps_fields_as_trajectories_jsonl_writes_them():
+    from medsss.search.export import trajectories
+
+    record = stored(two_answer_tree())
+    line = trajectories(record)
+    exported = [*line["pos"], *line["neg"]]
+    ours = sorted(chains_of(record), key=lambda c: not c.correct)  # pos first, as the export
+    assert [[s["text"] for s in steps] for steps in exported] == [c.steps for c in ours]
+    assert [[s["value"] for s in steps] for steps in exported] == [c.values for c in ours]
+    assert [[s["rollout_total"] for s in steps] for steps in exported] == [c.rollouts for c in ours]
+    assert [[s["kind"] for s in steps] for steps in exported] == [c.kinds for c in ours]
+
+
+def test_the_sample_table_shows_the_first_correct_and_incorrect_chain_of_each_tree():
+    records = [stored(two_answer_tree(), "p1"), stored(two_answer_tree(), "p2")]
+    columns, rows = sample_chain_table(records, limit=3)
+    assert columns == ["id", "answer", "correct", "min_value", "solution"]
+    assert [row[:4] for row in rows] == [["p1", "A", True, 0.5], ["p1", "A", False, 0.0], ["p2", "A", True, 0.5]]
+    assert rows[0][4] == ("Step 0: Let's break down this problem step by step.\n\nStep 1: a\n\n"
+                          "Step 2: right. The answer is A.")
+
+
 def test_sft_keeps_distinct_correct_chains_best_minimum_value_first():
     rows = sft_rows([stored(two_answer_tree())])
     assert [r["steps"][-1] for r in rows] == ["right. The answer is A.", "right again. The answer is A."]
@@ -123,7 +147,7 @@ def test_views_read_stores_and_write_datasets_loadable_jsonl(tmp_path):
     run.mkdir()
     (run / "trees.jsonl").write_text(json.dumps(stored(two_answer_tree())) + "\n")
     rows = prm_rows(read_trees([run]), rule="soft")
-    path = write_rows(rows, tmp_path / "prm.jsonl")
+    path = write_jsonl(tmp_path / "prm.jsonl", rows)
     from datasets import load_dataset
 
     loaded = load_dataset("json", data_files=str(path), split="train")

@@ -1,4 +1,5 @@
-"""Loaders (DESIGN.md section 2): every supported format becomes validated problem records."""
+"""Loaders (docs/data-formats.md#input-problem-formats): every supported format becomes validated
+problem records."""
 
 from __future__ import annotations
 

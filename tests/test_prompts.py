@@ -1,4 +1,4 @@
-"""The one prompt format (DESIGN.md section 2): rendering, prefill, splitting, messages."""
+"""The one prompt format (docs/method.md#solution-format): rendering, prefill, splitting, messages."""
 
 from __future__ import annotations
 

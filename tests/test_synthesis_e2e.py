@@ -67,11 +67,13 @@ def test_the_tracker_gets_the_prefix_cache_hit_rate_live_and_at_the_end(tmp_path
     import csv
 
     metrics = synthesize(compose(["model=tiny", "search=tiny", "logger=csv", "data.limit=2", "backend=hf"]), tmp_path)
-    with open(tmp_path / "log.csv", encoding="utf-8") as handle:
+    with open(tmp_path / "logs" / "version_0" / "metrics.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     live = [float(r["synthesis/prefix_cache_hit_rate"]) for r in rows if r.get("synthesis/problems_done")]
     assert live and 0.0 < live[-1] <= 1.0
     assert float(rows[-1]["synthesis/prefix_cache_hit_rate"]) == metrics["prefix_cache_hit_rate"] > 0
+    table = (tmp_path / "logs" / "version_0" / "sample_trajectories.csv").read_text().splitlines()
+    assert table[0] == "id,answer,correct,min_value,solution" and len(table) > 1
 
 
 def test_trees_do_not_depend_on_how_many_are_searched_together(tiny_run, tmp_path):

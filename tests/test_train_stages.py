@@ -8,7 +8,10 @@ import os
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
+import yaml
 from conftest import ROOT, compose
 from helpers import build_tree
 
@@ -54,6 +57,7 @@ def test_sft_stage_saves_an_adapter_and_a_merged_policy_the_backend_loads(trees,
                                                          temperature=0.0, max_tokens=4)])
     assert completion.generated_tokens >= 1
     assert json.loads((tmp_path / "metrics.json").read_text())["stage"] == "sft"
+    assert metrics["train_tokens_per_second_mean"] > 0 and metrics["gradient_checkpointing"] == "auto"
 
 
 @pytest.mark.parametrize("experiment, expected_labels", [
@@ -72,6 +76,51 @@ def test_prm_stage_labels_by_rule_and_saves_a_scorer(trees, tmp_path, experiment
     scores = PRMScorer(model, AutoTokenizer.from_pretrained(tmp_path / "final"), None).score(
         "Case 0?", [rows[0]["steps"]])
     assert len(scores[0]) == 2 and all(0 < s < 1 for s in scores[0])
+
+
+def _checkpointing(model) -> bool:
+    return model.get_base_model().is_gradient_checkpointing
+
+
+def test_value_dynamics_can_shape_step_one_against_the_root(trees, tmp_path):
+    overrides = ["+experiment=prm_value_dynamics", f"data.trees={trees}", *TINY,
+                 "stage.labels.shape_step_one=true", "trainer.max_steps=1"]
+    run_stage(compose(overrides), tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "prm.jsonl").read_text().splitlines()]
+    assert rows[0]["labels"] == pytest.approx([0.6, 1.0])  # 0.5 - (0.4 - 0.5) = 0.6
+
+
+@pytest.mark.parametrize("flag, expected", [([], True), (["stage.gradient_checkpointing=false"], False)])
+def test_gradient_checkpointing_reaches_both_models_on_by_default(tiny_model, flag, expected):
+    from medsss.stages.train import policy_model, reward_model
+
+    sft = compose(["+experiment=sft_policy", "data.trees=unused", *TINY, *flag])
+    prm = compose(["+experiment=prm_soft", "data.trees=unused", *TINY, *flag])
+    assert _checkpointing(policy_model(sft, tiny_model.resolve(), False)) is expected
+    assert _checkpointing(reward_model(prm, tiny_model.resolve(), False).body) is expected
+
+
+def test_the_prm_trains_the_body_without_the_lm_head(tiny_model):
+    from medsss.stages.train import reward_model
+
+    cfg = compose(["+experiment=prm_soft", "data.trees=unused", *TINY])
+    names = [name for name, _ in reward_model(cfg, tiny_model.resolve(), False).named_parameters()]
+    assert names and not any("lm_head" in name for name in names)
+
+
+def test_stage_dtype_auto_is_resolved_by_the_generation_dtype_function(tiny_model, monkeypatch):
+    import torch
+
+    from medsss.stages import train
+    from medsss.training import models
+
+    asked = []
+    monkeypatch.setattr(models, "resolve_dtype",
+                        lambda name, device: asked.append((name, device)) or torch.bfloat16)
+    cfg = compose(["+experiment=sft_policy", "data.trees=unused", *TINY, "stage.dtype=auto"])
+    model = train.policy_model(cfg, tiny_model.resolve(), False)
+    assert asked == [("auto", "cpu")]
+    assert next(model.parameters()).dtype == torch.bfloat16
 
 
 def test_training_resumes_from_the_latest_checkpoint(trees, tmp_path):
@@ -107,6 +156,57 @@ def test_training_logs_to_csv_or_wandb_offline(trees, tmp_path, logger, produced
     if logger == "csv":
         header = (tmp_path / produced).read_text().splitlines()[0]
         assert "train/loss" in header and "val/step_auroc" in header
+        hparams = yaml.safe_load((tmp_path / "logs" / "version_0" / "hparams.yaml").read_text())
+        assert hparams["stage"]["name"] == "prm" and hparams["stage"]["optim"]["optimizer"]["lr"] == 5e-5
+
+
+def test_the_configured_optimizer_schedule_and_callbacks_reach_the_trainer(trees, tmp_path):
+    import csv
+
+    overrides = ["+experiment=prm_soft", f"data.trees={trees}", *TINY, "logger=csv", "trainer.max_steps=2",
+                 "trainer.log_every_n_steps=1", "stage.optim.optimizer.lr=0.001", "stage.optim.scheduler=null",
+                 "callbacks@stage.callbacks=[default,lr_monitor]"]
+    metrics = run_stage(compose(overrides), tmp_path)
+    with open(tmp_path / "logs" / "version_0" / "metrics.csv", encoding="utf-8") as handle:
+        rates = [float(row["lr-AdamW"]) for row in csv.DictReader(handle) if row.get("lr-AdamW")]
+    # The configured rate, held: with the default warm-up + cosine schedule it would be [0.001, 0.0005].
+    assert rates == [0.001, 0.001]
+    assert metrics["global_steps"] == 2 and (tmp_path / "checkpoints" / "last.ckpt").exists()
+
+
+def test_a_training_stage_that_fails_leaves_a_finalized_run(tmp_path, monkeypatch):
+    from lightning.pytorch.loggers import CSVLogger
+
+    finalized = []
+    original = CSVLogger.finalize
+    monkeypatch.setattr(CSVLogger, "finalize",
+                        lambda self, status: finalized.append(status) or original(self, status))
+    empty = tmp_path / "trees.jsonl"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="no labelled chains"):
+        run_stage(compose(["+experiment=prm_soft", f"data.trees={empty}", *TINY, "logger=csv"]), tmp_path / "run")
+    assert finalized == ["failed"]
+    hparams = yaml.safe_load((tmp_path / "run" / "logs" / "version_0" / "hparams.yaml").read_text())
+    assert hparams["data"]["trees"] == str(empty)
+
+
+def test_moved_training_helpers_keep_working():
+    from medsss.training.examples import split_by_problem
+    from medsss.training.fit import resolve_ckpt_path
+    from medsss.training.models import TrainingModelSettings, checkpoint_above_tokens, training_device
+
+    rows = [{"id": f"p{k}"} for k in range(20) for _ in range(2)]
+    train, held = split_by_problem(rows, 0.1)
+    assert held and {r["id"] for r in train}.isdisjoint({r["id"] for r in held})
+    assert split_by_problem(rows, 0.1) == (train, held)  # stable
+    assert split_by_problem(rows[:2], 0.5) == (rows[:2], [])  # one problem: nothing to hold out
+    assert checkpoint_above_tokens("auto", 768) == 768 and checkpoint_above_tokens("auto", None) == 0
+    assert checkpoint_above_tokens(True, 768) is None
+    assert training_device("gpu") == "cuda" and training_device("auto", cuda_available=False) == "cpu"
+    with pytest.raises(ValueError, match="true, false or auto"):
+        TrainingModelSettings(gradient_checkpointing="sometimes")
+    assert resolve_ckpt_path("latest", Path("/nonexistent")) is None
+    assert resolve_ckpt_path("some.ckpt", Path("/nonexistent")) == "some.ckpt"
 
 
 def test_an_unmerged_prm_adapter_loads_on_its_base(trees, tmp_path):

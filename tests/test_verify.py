@@ -1,4 +1,4 @@
-"""Answer extraction and correctness (DESIGN.md section 2): the rules, one test each."""
+"""Answer extraction and correctness (docs/method.md#answer-grading): the rules, one test each."""
 
 from __future__ import annotations
 

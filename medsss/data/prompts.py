@@ -1,4 +1,5 @@
-"""The one prompt format used by synthesis, training and evaluation (DESIGN.md section 2).
+"""The one prompt format used by synthesis, training and evaluation (see
+docs/method.md#solution-format).
 
 A solution is a list of steps rendered as ``Step k: text`` joined by blank lines; step 0 is fixed.
 Every function here is pure and byte-stable, so the engine's prefix cache sees identical prefixes

@@ -1,4 +1,4 @@
-"""Rule-based answer extraction and correctness (DESIGN.md section 2).
+"""Rule-based answer extraction and correctness (see docs/method.md#answer-grading).
 
 ``extract_answer`` finds the answer a solution states; ``option_of`` reads which option of a choice
 question that answer names; ``is_correct`` grades it against the gold answer as a careful human

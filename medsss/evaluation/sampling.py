@@ -16,7 +16,7 @@ from medsss.data.prompts import STEP_ZERO, build_messages, continuation_prefill,
 from medsss.data.records import Problem
 from medsss.data.verify import extract_answer
 from medsss.generation.base import Backend, GenerationRequest
-from medsss.search.store import read_jsonl
+from medsss.io import read_jsonl
 
 
 def last_line_answer(text: str) -> str | None:

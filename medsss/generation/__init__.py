@@ -1,4 +1,4 @@
-"""Text generation backends behind one protocol (DESIGN.md section 7)."""
+"""Text generation backends behind one protocol (see docs/architecture.md#generation-backends)."""
 
 from medsss.generation.base import Backend, Completion, GenerationRequest, GenerationStats
 

@@ -37,8 +37,11 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """A dtype name as a torch dtype, with ``auto`` decided without measuring. Used by the training
+    stages (``stage.dtype``) and PRM scoring (``stage.prm.dtype``); the policy this backend loads
+    goes through :func:`medsss.generation.dtype.choose_dtype` instead (the measured CPU probe)."""
     if name == "auto":
-        # bfloat16 is the fast path on GPUs and on CPUs with AMX/AVX512-BF16; float32 elsewhere.
+        # bfloat16 on GPUs; float32 on every CPU (unmeasured: bfloat16 attention is slow on some).
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     if name not in _DTYPES:
         raise ValueError(f"model.dtype '{name}' must be one of auto, {', '.join(_DTYPES)}")
@@ -69,7 +72,9 @@ class _Prefix:
 
 
 class HFBackend:
-    """Generation with ``transformers``' ``generate``."""
+    """Generation with ``transformers`` models through our own batched decode loop (not
+    ``transformers``' ``generate``): prefix KV cache, per-row seeds, grouped-query decode attention;
+    see docs/architecture.md#the-hf-backend."""
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""Per-step PRM labels from the node values of one chain (DESIGN.md section 4)."""
+"""Per-step PRM labels from the node values of one chain (see docs/method.md#prm-labels)."""
 
 from __future__ import annotations
 

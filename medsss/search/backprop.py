@@ -1,4 +1,4 @@
-"""Back-propagation of a new node's evaluation to its ancestors (DESIGN.md section 3)."""
+"""Back-propagation of a new node's evaluation to its ancestors (see docs/method.md#back-propagation)."""
 
 from __future__ import annotations
 

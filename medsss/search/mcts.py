@@ -1,8 +1,9 @@
-"""Monte-Carlo Tree Search over reasoning steps for one problem (DESIGN.md section 3).
+"""Monte-Carlo Tree Search over reasoning steps for one problem (see docs/method.md#mcts-synthesis).
 
 The search is written as a generator: it yields the generation requests it needs next and is
 sent back their completions. It never calls a backend itself, so the scheduler can batch the
-requests of many trees into one engine call (and a test can drive it with scripted completions).
+requests of many trees into one engine call (and a test can drive it with scripted completions):
+see docs/architecture.md#the-generator-based-search.
 """
 
 from __future__ import annotations

@@ -9,18 +9,22 @@ from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from medsss.data.loaders import load_problems
 from medsss.data.prompts import build_messages
 from medsss.data.records import Problem
 from medsss.generation.base import Backend
-from medsss.metrics import peak_memory_mb, write_json
-from medsss.search.export import trajectories, write_trajectories
+from medsss.io import write_json
+from medsss.labels.chains import sample_chain_table
+from medsss.resources import peak_memory_mb
+from medsss.search.export import write_trajectories
 from medsss.search.mcts import SearchConfig, SearchResult, TreeSearch
 from medsss.search.scheduler import run_searches
 from medsss.search.store import TreeStore, config_hash
+from medsss.stages.common import tracked_stage
+from medsss.tracking import RunLoggers
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,11 @@ def synthesis_hash(search: SearchConfig, model_id: str, system_prompt: str | Non
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
+    with tracked_stage(cfg, run_dir) as tracking:
+        return _synthesize(cfg, run_dir, tracking, started)
+
+
+def _synthesize(cfg: DictConfig, run_dir: Path, tracking: RunLoggers, started: float) -> dict[str, Any]:
     data = load_problems(instantiate(cfg.data))
     for message in data.skipped:
         log.warning("skipped: %s", message)
@@ -49,8 +58,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         sum(1 for p in todo if p.id in store.earlier_failures),
     )
 
-    tracker = instantiate(cfg.logger)
-    tracker.start(OmegaConf.to_container(cfg, resolve=True), run_dir)
     counters = {"done": 0, "failed": 0, "nodes": 0, "unanswered_after_forcing": 0}
     backend = instantiate(cfg.backend)(model=model) if todo else None
     search_started = time.perf_counter()
@@ -67,8 +74,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             counters["nodes"] += result.stats["nodes"]
             counters["unanswered_after_forcing"] += result.stats["unanswered_after_forcing"]
             progress.update(1)
-            tracker.log({"synthesis/" + k: v for k, v in _live_metrics(backend, search_started, counters).items()},
-                        step=counters["done"] + counters["failed"])
+            live = _live_metrics(backend, search_started, counters)
+            tracking.log_metrics({"synthesis/" + k: v for k, v in live.items()},
+                                 step=counters["done"] + counters["failed"])
 
         def on_failed(problem: Problem, reason: str) -> None:
             store.record_failure(problem.id, reason)
@@ -111,9 +119,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         **peak_memory_mb(),
     }
     write_json(run_dir / "metrics.json", metrics)
-    tracker.log({"synthesis/" + k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-    tracker.log_table("sample_trajectories", *_sample_table(store, limit=cfg.stage.table_rows))
-    tracker.finish()
+    tracking.log_metrics({"synthesis/" + k: v for k, v in metrics.items()})
+    tracking.log_table("sample_trajectories", *sample_chain_table(store.records(), cfg.stage.table_rows))
     if backend is not None:
         backend.close()
     log.info(
@@ -155,19 +162,3 @@ def _live_metrics(backend: Backend, started: float, counters: dict[str, int]) ->
         "mean_batch_size": backend.stats.mean_batch_size,
         "prefix_cache_hit_rate": backend.stats.cached_prompt_tokens / max(backend.stats.prompt_tokens, 1),
     }
-
-
-def _sample_table(store: TreeStore, limit: int) -> tuple[list[str], list[list[Any]]]:
-    columns = ["id", "answer", "correct", "min_value", "solution"]
-    rows: list[list[Any]] = []
-    for record in store.records():
-        line = trajectories(record)
-        for label, chains in (("pos", line["pos"]), ("neg", line["neg"])):
-            if chains:
-                chain = chains[0]
-                solution = "\n\n".join(f"Step {s['step']}: {s['text']}" for s in chain)
-                rows.append([line["id"], line["answer"], label == "pos",
-                             min(s["value"] for s in chain[1:]) if len(chain) > 1 else None, solution])
-        if len(rows) >= limit:
-            break
-    return columns, rows[:limit]

@@ -1,46 +1,64 @@
-"""Lightning modules: the training logic of policy SFT and of the PRM, and nothing else."""
+"""Lightning modules: the training logic of policy SFT and of the PRM, and nothing else.
+
+The optimizer and the learning-rate schedule come in as factories (``conf/optim/`` builds them
+with ``_partial_``): ``optimizer(parameters)`` and ``scheduler(optimizer, total_steps)``, called
+when training starts, since the trainable parameters and the number of steps are known only then.
+"""
 
 from __future__ import annotations
 
-import math
 import time
+from collections.abc import Callable, Iterable
+from functools import partial
 
 import lightning as L
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from medsss.training.metrics import binary_auroc
+from medsss.training.auroc import binary_auroc
+from medsss.training.memory import set_layer_checkpointing
 from medsss.training.prm_model import ProcessRewardModel, soft_bce
+from medsss.training.schedules import warmup_scheduler
+from medsss.training.sft_inputs import IGNORE
 
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler]
 
-def warmup_cosine(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Learning-rate multiplier: linear warm-up, then cosine decay to 0 (or constant)."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant" or total <= warmup:
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+# The defaults of conf/stage/{sft,prm}.yaml and conf/optim/adamw.yaml, for modules built in code.
+SFT_OPTIMIZER: OptimizerFactory = partial(torch.optim.AdamW, lr=2e-4, weight_decay=0.0)
+PRM_OPTIMIZER: OptimizerFactory = partial(torch.optim.AdamW, lr=5e-5, weight_decay=0.0)
+WARMUP_COSINE: SchedulerFactory = partial(warmup_scheduler, warmup_ratio=0.03, schedule="cosine")
+
+# Response positions per chunk of the LM head in the SFT loss: the chunk's fp32 logits over a
+# 49k vocabulary (512 x 49,152 x 4 bytes = 100 MB, about three copies with their gradient) are
+# the largest tensor of the step, so they never exist for all positions at once.
+LOSS_CHUNK_TOKENS = 512
+# Configs that transform logits after the head (the fast loss would skip that): use the full path.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 
 class _Trainable(L.LightningModule):
-    """Optimiser, schedule and throughput logging shared by both modules."""
+    """Optimiser, schedule, throughput logging and per-batch gradient checkpointing shared by both
+    modules (``scheduler=None``: the optimizer's constant rate). With ``checkpoint_above_tokens``
+    set, a training batch is checkpointed exactly when its padded size (rows x width) exceeds it
+    (the layers must have been prepared by ``gradient_checkpointing_enable``); None leaves the
+    model's own setting alone."""
 
-    def __init__(self, lr: float, weight_decay: float, warmup_ratio: float, schedule: str) -> None:
+    def __init__(self, optimizer: OptimizerFactory, scheduler: SchedulerFactory | None,
+                 checkpoint_above_tokens: int | None = None) -> None:
         super().__init__()
-        if schedule not in ("cosine", "constant"):
-            raise ValueError(f"schedule '{schedule}' must be 'cosine' or 'constant'")
-        self.lr, self.weight_decay, self.warmup_ratio, self.schedule = lr, weight_decay, warmup_ratio, schedule
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.checkpoint_above_tokens = checkpoint_above_tokens
+        self.checkpointed_batches = 0
         self._batch_started = 0.0
+        self.train_tokens, self.train_seconds = 0, 0.0
 
     def configure_optimizers(self):
-        parameters = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(parameters, lr=self.lr, weight_decay=self.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.warmup_ratio * total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, total, warmup, self.schedule)
-        )
+        optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, max(1, int(self.trainer.estimated_stepping_batches)))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_fit_start(self) -> None:
@@ -48,32 +66,87 @@ class _Trainable(L.LightningModule):
         self.train()
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
+        if self.checkpoint_above_tokens is not None:
+            # Recomputing activations costs time; only batches too big to keep them pay it.
+            checkpoint_this = batch["attention_mask"].numel() > self.checkpoint_above_tokens
+            if set_layer_checkpointing(self, checkpoint_this) and checkpoint_this:
+                self.checkpointed_batches += 1
         self._batch_started = time.perf_counter()
 
-    def log_throughput(self, batch: dict[str, torch.Tensor]) -> None:
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        # After the optimizer step: the time counts forward, backward and update of the batch.
         seconds = max(time.perf_counter() - self._batch_started, 1e-9)
-        tokens = batch["attention_mask"].sum().item()
+        tokens = int(batch["attention_mask"].sum().item())
+        self.train_tokens += tokens
+        self.train_seconds += seconds
         self.log("train/tokens_per_second", tokens / seconds, on_step=True, prog_bar=True)
         self.log("train/padding_share", 1 - tokens / batch["attention_mask"].numel(), on_step=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
 
+    def mean_tokens_per_second(self) -> float | None:
+        """Real (unpadded) training tokens over the time their batches took, this process."""
+        return self.train_tokens / self.train_seconds if self.train_seconds else None
+
+
+def causal_lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """The decoder body and the LM head of a (possibly peft-wrapped) Hugging Face causal LM, or
+    None when its logits are not simply ``head(body(...))``."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(lm, "base_model", None)
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    config = getattr(lm, "config", None)
+    if body is None or body is lm or head is None or any(getattr(config, k, None) for k in _LOGIT_TRANSFORMS):
+        return None
+    return body, head
+
+
+def _summed_cross_entropy(head: nn.Module, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(head(states).float(), targets, reduction="sum")
+
+
+def response_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  labels: torch.Tensor, chunk_tokens: int = LOSS_CHUNK_TOKENS) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled (response) positions, the value of the
+    model's own ``labels=`` loss, without its fp32 logits for every position: the head runs only on
+    positions whose next token is labelled, ``chunk_tokens`` at a time, each chunk recomputed in
+    the backward pass instead of kept."""
+    parts = causal_lm_parts(model)
+    if parts is None:
+        return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+    body, head = parts
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    targets = labels[:, 1:]
+    scored = targets != IGNORE  # position t predicts token t + 1
+    states, wanted = hidden[:, :-1][scored], targets[scored]
+    if not wanted.numel():
+        # Nothing labelled (a response cut off by max_length): a zero loss that still backpropagates.
+        return hidden.float().sum() * 0.0
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, wanted.numel(), chunk_tokens):
+        piece = slice(start, start + chunk_tokens)
+        if torch.is_grad_enabled():
+            total = total + checkpoint(_summed_cross_entropy, head, states[piece], wanted[piece],
+                                       use_reentrant=False)
+        else:
+            total = total + _summed_cross_entropy(head, states[piece], wanted[piece])
+    return total / wanted.numel()
+
 
 class PolicySFTModule(_Trainable):
-    """Causal-LM loss on response tokens (prompt tokens carry label -100)."""
+    """Causal-LM loss on response tokens (prompt tokens carry label -100), see :func:`response_loss`."""
 
-    def __init__(self, model: nn.Module, lr: float = 2e-4, weight_decay: float = 0.0,
-                 warmup_ratio: float = 0.03, schedule: str = "cosine") -> None:
-        super().__init__(lr, weight_decay, warmup_ratio, schedule)
+    def __init__(self, model: nn.Module, optimizer: OptimizerFactory = SFT_OPTIMIZER,
+                 scheduler: SchedulerFactory | None = WARMUP_COSINE,
+                 checkpoint_above_tokens: int | None = None) -> None:
+        super().__init__(optimizer, scheduler, checkpoint_above_tokens)
         self.model = model
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          labels=batch["labels"]).loss
+        return response_loss(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
 
     def training_step(self, batch, batch_idx):
         loss = self(batch)
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        self.log_throughput(batch)
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -87,9 +160,10 @@ class PRMModule(_Trainable):
     """Soft-target binary cross-entropy at the step-end positions (weighted where weights exist);
     validation reports loss, step accuracy and step AUROC against hard targets (label >= 0.5)."""
 
-    def __init__(self, model: ProcessRewardModel, lr: float = 5e-5, weight_decay: float = 0.0,
-                 warmup_ratio: float = 0.03, schedule: str = "cosine") -> None:
-        super().__init__(lr, weight_decay, warmup_ratio, schedule)
+    def __init__(self, model: ProcessRewardModel, optimizer: OptimizerFactory = PRM_OPTIMIZER,
+                 scheduler: SchedulerFactory | None = WARMUP_COSINE,
+                 checkpoint_above_tokens: int | None = None) -> None:
+        super().__init__(optimizer, scheduler, checkpoint_above_tokens)
         self.model = model
         self._scores: list[float] = []
         self._targets: list[int] = []
@@ -100,7 +174,6 @@ class PRMModule(_Trainable):
     def training_step(self, batch, batch_idx):
         loss = soft_bce(self(batch), batch["labels"], batch["score_positions"], batch.get("weights"))
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        self.log_throughput(batch)
         return loss
 
     def validation_step(self, batch, batch_idx):

@@ -1,4 +1,5 @@
-"""The one place PRM inputs are built, for training and for scoring alike (DESIGN.md section 5).
+"""The one place PRM inputs are built, for training and for scoring alike (see
+docs/method.md#prm-model-and-loss).
 
 The input is the chat prompt of the question (assistant turn open) followed by each step's text
 ``Step k: ...`` plus ``"\\n\\n"``, every step tokenized on its own and concatenated. The score of

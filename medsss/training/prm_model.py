@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from medsss.io import read_json
 from medsss.training.prm_inputs import PRMInput, collate_prm, prm_inputs
 
 HEAD_FILE = "value_head.safetensors"
@@ -32,11 +33,9 @@ class ProcessRewardModel(nn.Module):
 
         adapter = Path(path) / "adapter_config.json"
         if adapter.exists():  # a LoRA adapter saved unmerged: load its base, then the adapter
-            import json
-
             from peft import PeftModel
 
-            base_path = json.loads(adapter.read_text())["base_model_name_or_path"]
+            base_path = read_json(adapter)["base_model_name_or_path"]
             base = AutoModel.from_pretrained(base_path, dtype=dtype, trust_remote_code=trust_remote_code)
             body = PeftModel.from_pretrained(base, path)
             hidden = base.config.hidden_size
@@ -53,7 +52,9 @@ class ProcessRewardModel(nn.Module):
         return model
 
     def token_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        # No KV cache: nothing decodes after this forward, and the cache would hold every layer's keys.
+        output = self.body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        hidden = output.last_hidden_state
         return self.head(hidden).squeeze(-1)
 
     def step_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -1,4 +1,4 @@
-"""Step-level PRM metrics."""
+"""Step-level PRM classification metric: AUROC of step scores against hard step targets."""
 
 from __future__ import annotations
 
