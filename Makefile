@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 RUN_ARGS ?= data.limit=6
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast bench clean
+.PHONY: install run lint test test-fast bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,15 +29,20 @@ install: $(STAMP)
 run: install
 	$(PY) -m medsss.run $(RUN_ARGS)
 
-test: install
+# Lint (ruff) and type checks (mypy on the package); `make test` and `make test-fast` run them first.
+lint: install
+	$(PY) -m ruff check medsss tests benchmarks
+	$(PY) -m mypy medsss
+
+test: install lint
 	WANDB_MODE=offline $(PY) -m pytest $(PYTEST_ARGS)
 
 # Everything but the end-to-end tests on the embedded model.
-test-fast: install
+test-fast: install lint
 	WANDB_MODE=offline $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: install
 	$(PY) benchmarks/scheduler_speed.py
 
 clean:
-	rm -rf $(VENV) outputs multirun .pytest_cache
+	rm -rf $(VENV) outputs multirun .pytest_cache .mypy_cache .ruff_cache

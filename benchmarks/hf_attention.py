@@ -171,7 +171,8 @@ def measure(dtype_name: str, args: argparse.Namespace) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--cached", type=int, default=1500)
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],

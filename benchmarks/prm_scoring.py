@@ -38,7 +38,8 @@ def per_prefix_scores(model, tokenizer, question, steps, system) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2_135m")
     parser.add_argument("--candidates", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -62,7 +63,7 @@ def main() -> None:
     per_prefix = time.perf_counter() - started
 
     steps = sum(len(s) - 1 for _, s in work)
-    diff = max(abs(a - b) for x, y in zip(batched, prefixes) for a, b in zip(x, y))
+    diff = max(abs(a - b) for x, y in zip(batched, prefixes, strict=True) for a, b in zip(x, y, strict=True))
     print(f"\nPRM scoring of {len(work)} candidates ({steps} steps), model={args.model}")
     print(f"  all steps in one batched forward: {one_forward:7.2f} s")
     print(f"  one forward per step prefix:      {per_prefix:7.2f} s")

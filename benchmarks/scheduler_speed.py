@@ -6,8 +6,9 @@
 Both runs use the same model, backend, problems and search settings; only
 ``search.concurrent_trees`` differs. Prints each run's wall time, engine calls and mean batch
 size, and the ratio. Each arm runs ``--repeats`` times, alternating, and its median wall time
-counts: a run of a few seconds on a shared CPU varies by 20% from one run to the next. The backend is ``hf`` unless ``--backend`` says otherwise (the project
-default ``auto`` would pick vLLM where installed; this benchmark measures the hf scheduler).
+counts: a run of a few seconds on a shared CPU varies by 20% from one run to the next. The backend
+is ``hf`` unless ``--backend`` says otherwise (the project default ``auto`` would pick vLLM where
+installed; this benchmark measures the hf scheduler).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def median_run(runs: list[dict]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--problems", type=int, default=16)
     parser.add_argument("--trees", type=int, default=8)
     parser.add_argument("--model", default="tiny")

@@ -19,9 +19,9 @@ import multiprocessing
 import resource
 import sys
 import time
-from functools import partial
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -62,7 +62,8 @@ def measure(stage: str, overrides: list[str], arm: Arm, steps: int, chain_count:
     if stage == "sft":
         items = [sft_inputs(tokenizer, question, steps_, system, cfg.stage.max_length)
                  for question, steps_ in chains(chain_count, seed=2)]
-        module = PolicySFTModule(policy_model(cfg, path, False), optimizer=partial(torch.optim.AdamW, lr=1e-4))
+        module = PolicySFTModule(policy_model(cfg, path, False),
+                                 optimizer=partial(torch.optim.AdamW, lr=1e-4))
         collate, length = (lambda b: collate_sft(b, pad)), (lambda x: len(x.input_ids))
     else:
         items = []
@@ -70,7 +71,7 @@ def measure(stage: str, overrides: list[str], arm: Arm, steps: int, chain_count:
             item = prm_inputs(tokenizer, question, steps_, system)
             items.append((item, [0.5] * len(item.score_positions)))
         module = PRMModule(reward_model(cfg, path, False), optimizer=partial(torch.optim.AdamW, lr=1e-4))
-        collate = lambda b: collate_prm([i for i, _ in b], pad, labels=[l for _, l in b])  # noqa: E731
+        collate = lambda b: collate_prm([i for i, _ in b], pad, labels=[label for _, label in b])  # noqa: E731
         length = lambda x: len(x[0].input_ids)  # noqa: E731
     data = ItemsDataModule(items, [], collate, length, batch_size=arm.batch_size, group=arm.group,
                            max_tokens=arm.max_tokens)
@@ -105,7 +106,8 @@ def in_fresh_process(*args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--embedded", action="store_true",
                         help="the embedded SmolLM2-135M instead of the tiny model")
     parser.add_argument("--stage", choices=["sft", "prm", "both"], default="both")
@@ -127,7 +129,7 @@ def main() -> None:
         results = [in_fresh_process(stage, overrides, arm, args.steps, args.chains) for arm in arms]
         print(f"\n{stage.upper()} training, {args.steps} steps, model={model}, dtype={results[0]['dtype']}, "
               f"gradient checkpointing={results[0]['checkpointing']}, LoRA={cfg.lora.enabled}")
-        for arm, m in zip(arms, results):
+        for arm, m in zip(arms, results, strict=True):
             limit = f"{arm.max_tokens} tokens" if arm.max_tokens else f"{arm.batch_size} rows"
             print(f"  {arm.name:<15} {limit:>12}  {m['tokens'] / m['seconds']:8.0f} tokens/s  "
                   f"padding {1 - m['tokens'] / m['padded']:5.1%}  peak RSS {m['peak_rss_mb']:7.0f} MB")

@@ -23,7 +23,8 @@ from _compose import synthesis_metrics as measure  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--search", default=None, help="default: tiny for model=tiny, cpu otherwise")
     parser.add_argument("--problems", type=int, default=16)
@@ -60,14 +61,16 @@ def main() -> None:
     print(f"{'run':>16} {'search s':>9} {'wall s':>8} {'calls':>6} {'mean batch':>10} {'nodes':>6} "
           f"{'gen tokens':>10} {'tok/s':>6} {'cache hit':>9}")
     for name, m in runs.items():
-        print(f"{name:>16} {m['search_seconds']:>9.1f} {m['bench_wall_seconds']:>8.1f} {m['generation_calls']:>6} "
-              f"{m['mean_batch_size']:>10.1f} {m['nodes_this_run']:>6} {m['generated_tokens']:>10} "
+        print(f"{name:>16} {m['search_seconds']:>9.1f} {m['bench_wall_seconds']:>8.1f} "
+              f"{m['generation_calls']:>6} {m['mean_batch_size']:>10.1f} {m['nodes_this_run']:>6} "
+              f"{m['generated_tokens']:>10} "
               f"{m['generated_tokens'] / m['search_seconds']:>6.0f} {m['prefix_cache_hit_rate']:>9.1%}")
     hf1, v1, ticked, vn = runs.values()
 
     def ratios(key: str, label: str) -> None:
         print(f"{label}: vllm {args.trees} trees vs hf 1 tree {hf1[key] / vn[key]:.2f}x; "
-              f"vllm {args.trees} vs 1 tree {v1[key] / vn[key]:.2f}x; vllm vs hf at 1 tree {hf1[key] / v1[key]:.2f}x; "
+              f"vllm {args.trees} vs 1 tree {v1[key] / vn[key]:.2f}x; "
+              f"vllm vs hf at 1 tree {hf1[key] / v1[key]:.2f}x; "
               f"vllm {args.trees} streamed vs ticked {ticked[key] / vn[key]:.2f}x")
 
     ratios("search_seconds", "search time")

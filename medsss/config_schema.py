@@ -30,7 +30,7 @@ against the dataclasses they mirror).
 """
 
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
@@ -40,7 +40,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 @dataclass
 class PromptSchema:
-    system: Optional[str] = MISSING
+    system: str | None = MISSING
 
 
 @dataclass
@@ -61,16 +61,16 @@ class SynthesizeStageSchema:
     name: str = "synthesize"
     allow_config_change: bool = False
     table_rows: int = 20
-    objective: Optional[str] = None
+    objective: str | None = None
 
 
 @dataclass
 class EvaluatePRMSchema:
-    path: Optional[str] = None
+    path: str | None = None
     layout: str = "scalar"
-    base: Optional[str] = None
-    tokenizer: Optional[str] = None
-    system_prompt: Optional[str] = "${prompt.system}"
+    base: str | None = None
+    tokenizer: str | None = None
+    system_prompt: str | None = "${prompt.system}"
     batch_size: int = 16
     dtype: str = "float32"
 
@@ -91,16 +91,16 @@ class EvaluateStageSchema:
     greedy: bool = True
     last_line_fallback: bool = False
     items_per_call: int = 8
-    limit: Optional[int] = None
+    limit: int | None = None
     skip_invalid: bool = False
-    policy_system_prompt: Optional[str] = "${prompt.system}"
+    policy_system_prompt: str | None = "${prompt.system}"
     bootstrap: int = 1000
     subsample_rounds: int = 20
-    selections: List[str] = field(default_factory=lambda: ["sc", "bon", "pvs", "vote_mean"])
-    aggregations: List[str] = field(default_factory=lambda: ["min", "mean", "prod", "gmean", "last"])
+    selections: list[str] = field(default_factory=lambda: ["sc", "bon", "pvs", "vote_mean"])
+    aggregations: list[str] = field(default_factory=lambda: ["min", "mean", "prod", "gmean", "last"])
     prm: EvaluatePRMSchema = field(default_factory=EvaluatePRMSchema)
     diagnostics: DiagnosticsSchema = field(default_factory=DiagnosticsSchema)
-    objective: Optional[str] = None
+    objective: str | None = None
 
 
 @dataclass
@@ -119,7 +119,7 @@ class LabelsSchema:
     factor: float = 1.0
     shape_step_one: bool = False
     require_both: bool = True
-    weight_rollouts: Optional[int] = None
+    weight_rollouts: int | None = None
 
 
 @dataclass
@@ -129,25 +129,25 @@ class TrainStageSchema:
 
     name: str = MISSING
     val_fraction: float = 0.1
-    max_batch_tokens: Optional[int] = 768
-    batch_size: Optional[int] = None
+    max_batch_tokens: int | None = 768
+    batch_size: int | None = None
     length_group: int = 32
     dtype: str = "float32"
     gradient_checkpointing: Any = "auto"  # true | false | auto
-    release_memory_every: Optional[int] = 10
+    release_memory_every: int | None = 10
     lora: LoraSchema = field(default_factory=LoraSchema)
     merge: bool = True
     optim: Any = None
     checkpoint_every: int = 200
-    ckpt_path: Optional[str] = None
-    objective: Optional[str] = None
-    callbacks: Dict[str, Any] = field(default_factory=dict)
+    ckpt_path: str | None = None
+    objective: str | None = None
+    callbacks: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class SFTStageSchema(TrainStageSchema):
     name: str = "sft"
-    top_k: Optional[int] = None
+    top_k: int | None = None
     max_length: int = 2048
 
 
@@ -176,7 +176,7 @@ class ModelSchema:
 class AdapterModelSchema(ModelSchema):
     """A base model with a LoRA adapter merged at load."""
 
-    adapter: Optional[str] = None
+    adapter: str | None = None
 
 
 @dataclass
@@ -185,7 +185,7 @@ class TinyModelSchema(ModelSchema):
 
     tokenizer: str = "bpe"
     seed: int = 0
-    tiny: Dict[str, Any] = field(default_factory=dict)  # LlamaConfig overrides
+    tiny: dict[str, Any] = field(default_factory=dict)  # LlamaConfig overrides
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,7 +198,7 @@ class HFBackendSchema:
     _partial_: bool = True
     device: str = "auto"
     max_batch_size: int = 64
-    seed: int = "${seed}"  # type: ignore[assignment]  (an interpolation of an int)
+    seed: int = "${seed}"  # type: ignore[assignment]  # an interpolation of an int
 
 
 @dataclass
@@ -213,11 +213,11 @@ class VLLMBackendSchema:
     merge_adapter: bool = False
     max_lora_rank: int = 64
     enforce_eager: bool = True
-    enable_chunked_prefill: Optional[bool] = False
-    max_num_batched_tokens: Optional[int] = None
-    cpu_threads_bind: Optional[str] = "all"
+    enable_chunked_prefill: bool | None = False
+    max_num_batched_tokens: int | None = None
+    cpu_threads_bind: str | None = "all"
     streaming: bool = True
-    seed: int = "${seed}"  # type: ignore[assignment]
+    seed: int = "${seed}"  # type: ignore[assignment]  # an interpolation of an int
 
 
 @dataclass
@@ -237,8 +237,8 @@ class DataSchema:
     _target_: str = "medsss.data.loaders.DataSpec"
     name: str = MISSING
     format: str = MISSING
-    path: Optional[str] = None
-    limit: Optional[int] = None
+    path: str | None = None
+    limit: int | None = None
     shard: int = 0
     num_shards: int = 1
     skip_invalid: bool = False
@@ -278,7 +278,7 @@ class SearchSchema:
     correct_nodes: int = 4
     max_nodes: int = 60
     split_nodes_use_budget: bool = False
-    max_depth: Optional[int] = None
+    max_depth: int | None = None
     backprop: str = "comp"
     post_process: bool = True
     dedupe_siblings: bool = True
@@ -292,7 +292,7 @@ class SearchSchema:
     force_answer_tokens: int = 8
     keep_rollout_texts: bool = False
     concurrent_trees: int = 16
-    seed: int = "${seed}"  # type: ignore[assignment]
+    seed: int = "${seed}"  # type: ignore[assignment]  # an interpolation of an int
 
 
 @dataclass
@@ -311,7 +311,7 @@ class BenchmarkSchema:
 
 @dataclass
 class SuiteSchema:
-    benchmarks: List[BenchmarkSchema] = MISSING
+    benchmarks: list[BenchmarkSchema] = MISSING
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,10 +329,10 @@ class TrainerSchema:
     num_nodes: int = 1
     precision: Any = None  # "32-true", "bf16-mixed", 16, ...
     fast_dev_run: Any = False  # bool or a number of batches
-    max_epochs: Optional[int] = None
-    min_epochs: Optional[int] = None
+    max_epochs: int | None = None
+    min_epochs: int | None = None
     max_steps: int = -1
-    min_steps: Optional[int] = None
+    min_steps: int | None = None
     max_time: Any = None  # "DD:HH:MM:SS" or {days: .., hours: ..}
     limit_train_batches: Any = None  # int (batches) or float (fraction)
     limit_val_batches: Any = None
@@ -340,20 +340,20 @@ class TrainerSchema:
     limit_predict_batches: Any = None
     overfit_batches: Any = 0.0
     val_check_interval: Any = None
-    check_val_every_n_epoch: Optional[int] = 1
-    num_sanity_val_steps: Optional[int] = None
-    log_every_n_steps: Optional[int] = None
-    enable_checkpointing: Optional[bool] = None
-    enable_progress_bar: Optional[bool] = None
-    enable_model_summary: Optional[bool] = None
+    check_val_every_n_epoch: int | None = 1
+    num_sanity_val_steps: int | None = None
+    log_every_n_steps: int | None = None
+    enable_checkpointing: bool | None = None
+    enable_progress_bar: bool | None = None
+    enable_model_summary: bool | None = None
     accumulate_grad_batches: int = 1
-    gradient_clip_val: Optional[float] = None
-    gradient_clip_algorithm: Optional[str] = None
+    gradient_clip_val: float | None = None
+    gradient_clip_algorithm: str | None = None
     deterministic: Any = None  # bool or "warn"
-    benchmark: Optional[bool] = None
+    benchmark: bool | None = None
     inference_mode: bool = True
     use_distributed_sampler: bool = True
-    profiler: Optional[str] = None
+    profiler: str | None = None
     detect_anomaly: bool = False
     barebones: bool = False
     sync_batchnorm: bool = False
@@ -374,19 +374,19 @@ class CSVLoggerSchema:
 class WandbLoggerSchema:
     _target_: str = "lightning.pytorch.loggers.WandbLogger"
     project: str = "medsss"
-    entity: Optional[str] = None
-    name: Optional[str] = None
-    group: Optional[str] = "${stage.name}"
-    tags: List[str] = field(default_factory=list)
-    mode: Optional[str] = None
+    entity: str | None = None
+    name: str | None = None
+    group: str | None = "${stage.name}"
+    tags: list[str] = field(default_factory=list)
+    mode: str | None = None
     log_model: Any = False  # bool or "all"
 
 
 @dataclass
 class ModelCheckpointSchema:
     _target_: str = "lightning.pytorch.callbacks.ModelCheckpoint"
-    dirpath: Optional[str] = "checkpoints"
-    every_n_train_steps: Optional[int] = "${stage.checkpoint_every}"  # type: ignore[assignment]
+    dirpath: str | None = "checkpoints"
+    every_n_train_steps: int | None = "${stage.checkpoint_every}"  # type: ignore[assignment]  # interpolation
     save_last: Any = True  # bool or "link"
     save_top_k: int = -1
 
@@ -403,7 +403,7 @@ class EarlyStoppingSchema:
 @dataclass
 class LearningRateMonitorSchema:
     _target_: str = "lightning.pytorch.callbacks.LearningRateMonitor"
-    logging_interval: Optional[str] = "step"
+    logging_interval: str | None = "step"
 
 
 @dataclass
@@ -430,7 +430,7 @@ class WarmupSchedulerSchema:
 @dataclass
 class AdamWOptimSchema:
     optimizer: AdamWSchema = field(default_factory=AdamWSchema)
-    scheduler: Optional[WarmupSchedulerSchema] = field(default_factory=WarmupSchedulerSchema)
+    scheduler: WarmupSchedulerSchema | None = field(default_factory=WarmupSchedulerSchema)
 
 
 # --------------------------------------------------------------------------------------------
@@ -502,12 +502,12 @@ def added_keys(cfg: DictConfig | ListConfig, path: str = "") -> list[tuple[str, 
         if cfg._is_none() or cfg._is_missing() or cfg._is_interpolation():
             return found
         schema = _schema(cfg)
-        declared = {f.name for f in fields(schema)} if schema is not None else None
-        closed = declared is not None and "_target_" not in declared
+        declared = {f.name for f in fields(schema)} if schema is not None else set()
+        closed = schema if schema is not None and "_target_" not in declared else None
         for key in cfg.keys():
-            full = f"{path}.{key}" if path else str(key)
-            if closed and key not in declared:
-                found.append((full, schema.__name__))
+            full = f"{path}.{key!s}" if path else str(key)
+            if closed is not None and key not in declared:
+                found.append((full, closed.__name__))
             child = cfg._get_node(key)
             if isinstance(child, (DictConfig, ListConfig)):
                 found.extend(added_keys(child, full))
@@ -515,9 +515,9 @@ def added_keys(cfg: DictConfig | ListConfig, path: str = "") -> list[tuple[str, 
         if cfg._is_none() or cfg._is_missing() or cfg._is_interpolation():
             return found
         for index in range(len(cfg)):
-            child = cfg._get_node(index)
-            if isinstance(child, (DictConfig, ListConfig)):
-                found.extend(added_keys(child, f"{path}[{index}]"))
+            element = cfg._get_node(index)
+            if isinstance(element, (DictConfig, ListConfig)):
+                found.extend(added_keys(element, f"{path}[{index}]"))
     return found
 
 

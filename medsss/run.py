@@ -26,7 +26,8 @@ log = logging.getLogger("medsss")
 def _stages() -> dict[str, Callable[[DictConfig, Path], dict[str, Any]]]:
     from medsss.stages import evaluate, synthesize, train
 
-    return {"synthesize": synthesize.run, "sft": train.run_sft, "prm": train.run_prm, "evaluate": evaluate.run}
+    return {"synthesize": synthesize.run, "sft": train.run_sft, "prm": train.run_prm,
+            "evaluate": evaluate.run}
 
 
 def run_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:

@@ -66,8 +66,9 @@ class RunLoggers:
         from lightning.pytorch.loggers import CSVLogger
 
         for logger in self.loggers:
-            if callable(getattr(logger, "log_table", None)):
-                logger.log_table(key=name, columns=list(columns), data=[list(row) for row in rows])
+            log_table = getattr(logger, "log_table", None)
+            if callable(log_table):
+                log_table(key=name, columns=list(columns), data=[list(row) for row in rows])
             elif isinstance(logger, CSVLogger):
                 write_csv_table(logger, name, columns, rows)
 
@@ -88,7 +89,8 @@ class RunLoggers:
 def write_csv_table(logger: Any, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     from lightning.pytorch.utilities import rank_zero_only
 
-    if rank_zero_only.rank != 0:  # one process writes, as for the logger's own files
+    # One process writes, as for the logger's own files.
+    if rank_zero_only.rank != 0:  # type: ignore[attr-defined]  # set on the function by Lightning
         return
     directory = Path(logger.log_dir)
     directory.mkdir(parents=True, exist_ok=True)

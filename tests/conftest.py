@@ -9,6 +9,10 @@ import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Idle OpenMP threads sleep instead of spinning (set before torch loads its OpenMP runtime): on a
+# machine shared with other jobs, spinning threads made the embedded-model synthesis test take
+# over 15 minutes instead of 3 (medsss.run does the same when it finds the machine busy).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -157,7 +157,12 @@ def test_callbacks_default_to_checkpoints_in_the_run_dir_every_checkpoint_every_
 
 
 def test_every_callback_option_instantiates(tmp_path):
-    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.callbacks import (
+        EarlyStopping,
+        LearningRateMonitor,
+        ModelCheckpoint,
+        RichProgressBar,
+    )
 
     chosen = ",".join(options("callbacks"))
     cfg = compose(["stage=sft", f"callbacks@stage.callbacks=[{chosen}]"])

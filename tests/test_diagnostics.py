@@ -2,7 +2,13 @@
 
 import pytest
 
-from medsss.evaluation.diagnostics import abstention_curve, calibration, first_drop, first_error_f1, vote_margin
+from medsss.evaluation.diagnostics import (
+    abstention_curve,
+    calibration,
+    first_drop,
+    first_error_f1,
+    vote_margin,
+)
 
 
 def test_calibration_table_and_ece():

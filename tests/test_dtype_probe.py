@@ -213,3 +213,25 @@ def test_real_probe_on_a_small_shape_picks_one_of_the_two(cache):
     entry = json.loads(cache.read_text())["machine A"][small.key()]
     for name in ("bfloat16", "float32"):
         assert min(entry[name][part] for part in ("attention_ms", "projections_ms", "lm_head_ms")) > 0
+
+
+def test_training_verdicts_are_cached_apart_from_decode_verdicts(cache):
+    # One machine, one model: decode prefers float32 (slow bfloat16 attention over a KV cache),
+    # training prefers bfloat16 (its matmuls dominate). Each verdict is kept under its own key.
+    assert choose_dtype(SMOLLM2, "cpu", timer=StubTimer(EPYC), cache_file=cache) == torch.float32
+    assert choose_dtype(SMOLLM2, "cpu", timer=StubTimer(AMX), cache_file=cache, workload="train") == torch.bfloat16
+    entries = json.loads(cache.read_text())["machine A"]
+    assert entries[SMOLLM2.key()]["dtype"] == "float32"
+    assert entries["train:" + SMOLLM2.key()]["dtype"] == "bfloat16"
+    assert choose_dtype(SMOLLM2, "cpu", timer=no_timing, cache_file=cache, workload="train") == torch.bfloat16
+    assert choose_dtype(SMOLLM2, "cpu", timer=no_timing, cache_file=cache) == torch.float32
+    with pytest.raises(ValueError, match="workload"):
+        choose_dtype(SMOLLM2, "cpu", timer=no_timing, cache_file=cache, workload="serve")
+
+
+def test_the_training_probe_times_forward_and_backward_of_every_part():
+    tiny = ModelShape(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
+                      head_dim=16, vocab_size=512)
+    for dtype in (torch.float32, torch.bfloat16):
+        timing = probe.time_train_step(tiny, dtype)
+        assert timing.attention_s > 0 and timing.projections_s > 0 and timing.lm_head_s > 0

@@ -7,8 +7,8 @@ import pytest
 from medsss.evaluation.grid import (
     accuracy_grid,
     bootstrap_means,
-    grid_ns,
     greedy_accuracy,
+    grid_ns,
     item_bootstrap,
     macro_bootstrap,
     pass_at_k,

@@ -208,7 +208,7 @@ PATHS = [[STEP_ZERO], [STEP_ZERO, "Scurvy is vitamin C deficiency."], [STEP_ZERO
 
 def test_choices_always_give_one_of_the_letters(tiny_backend):
     requests = [forced(q, p) for q in QUESTIONS for p in PATHS]
-    requests += [forced(q, p, temperature=1.0, n=4, seed=i) for i, (q, p) in enumerate(zip(QUESTIONS, PATHS))]
+    requests += [forced(q, p, temperature=1.0, n=4, seed=i) for i, (q, p) in enumerate(zip(QUESTIONS, PATHS, strict=True))]
     free = tiny_backend.generate([GenerationRequest(r.messages, r.prefill, temperature=0.0, max_tokens=1)
                                   for r in requests])
     assert not any(row[0].text.strip() in LETTERS for row in free)  # the random model never picks one itself
@@ -236,7 +236,7 @@ def test_requests_with_different_choices_share_one_engine_call(tiny_backend):
     calls = tiny_backend.stats.calls
     rows = tiny_backend.generate(requests)
     assert tiny_backend.stats.calls == calls + 1
-    for options, row in zip(option_sets, rows):
+    for options, row in zip(option_sets, rows, strict=True):
         assert [c.text.strip() in options for c in row] == [True, True]
 
 

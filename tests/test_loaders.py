@@ -540,7 +540,7 @@ def test_skip_invalid_loads_the_good_rows_and_reports_each_bad_row(tmp_path):
     result = load(path, "medqa", skip_invalid=True)
     assert [p.id for p in result.problems] == ["a", "c", "f"]
     assert len(result.skipped) == 5
-    for message, row in zip(result.skipped, [2, 3, 5, 6, 7]):
+    for message, row in zip(result.skipped, [2, 3, 5, 6, 7], strict=True):
         assert str(path) in message
         assert re.search(rf"\brow {row}\b", message), message
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from helpers import ScriptedBackend, by_text, drive, problem
 
 from medsss.data.prompts import build_messages

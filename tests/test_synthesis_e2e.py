@@ -34,7 +34,7 @@ def tiny_run(tmp_path_factory):
 def test_a_run_writes_trees_trajectories_and_metrics(tiny_run):
     run_dir, metrics = tiny_run
     trees = lines(run_dir / "trees.jsonl")
-    expected_ids = [json.loads(l)["id"] for l in bundled_medqa_path().read_text().splitlines()[:4]]
+    expected_ids = [json.loads(line)["id"] for line in bundled_medqa_path().read_text().splitlines()[:4]]
     assert sorted(t["id"] for t in trees) == sorted(expected_ids)
     trajectories = {t["id"]: t for t in lines(run_dir / "trajectories.jsonl")}
     assert set(trajectories) == set(expected_ids)

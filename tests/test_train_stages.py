@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-
 from pathlib import Path
 
 import pytest
@@ -108,19 +107,59 @@ def test_the_prm_trains_the_body_without_the_lm_head(tiny_model):
     assert names and not any("lm_head" in name for name in names)
 
 
-def test_stage_dtype_auto_is_resolved_by_the_generation_dtype_function(tiny_model, monkeypatch):
+def _probe_says(monkeypatch, dtype):
+    """Stub the training dtype probe; returns the list of what it was asked."""
+    from medsss.generation import dtype as probe
+
+    asked = []
+
+    def choose(model, device, requested, **kw):
+        asked.append((device, requested, kw.get("workload")))
+        return dtype
+
+    monkeypatch.setattr(probe, "choose_dtype", choose)
+    return asked
+
+
+def test_stage_dtype_auto_with_lora_loads_the_base_in_the_probes_dtype_and_adapters_in_float32(
+        tiny_model, monkeypatch):
     import torch
 
     from medsss.stages import train
-    from medsss.training import models
 
-    asked = []
-    monkeypatch.setattr(models, "resolve_dtype",
-                        lambda name, device: asked.append((name, device)) or torch.bfloat16)
+    asked = _probe_says(monkeypatch, torch.bfloat16)
     cfg = compose(["+experiment=sft_policy", "data.trees=unused", *TINY, "stage.dtype=auto"])
     model = train.policy_model(cfg, tiny_model.resolve(), False)
-    assert asked == [("auto", "cpu")]
-    assert next(model.parameters()).dtype == torch.bfloat16
+    assert asked == [("cpu", "auto", "train")]
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    trainable = {p.dtype for p in model.parameters() if p.requires_grad}
+    assert frozen == {torch.bfloat16} and trainable == {torch.float32}
+
+
+def test_stage_dtype_auto_prm_keeps_its_head_in_float32(tiny_model, monkeypatch):
+    import torch
+
+    from medsss.stages import train
+
+    _probe_says(monkeypatch, torch.bfloat16)
+    cfg = compose(["+experiment=prm_soft", "data.trees=unused", *TINY, "stage.dtype=auto"])
+    model = train.reward_model(cfg, tiny_model.resolve(), False)
+    assert model.head.weight.dtype == torch.float32
+    assert next(p for n, p in model.body.named_parameters() if "lora" not in n).dtype == torch.bfloat16
+    logits = model.token_logits(torch.tensor([[1, 2, 3]]), torch.ones(1, 3, dtype=torch.long))
+    assert logits.dtype == torch.float32 and logits.shape == (1, 3)
+
+
+def test_stage_dtype_auto_without_lora_trains_in_float32_on_cpu(tiny_model, monkeypatch):
+    import torch
+
+    from medsss.stages import train
+
+    asked = _probe_says(monkeypatch, torch.bfloat16)
+    cfg = compose(["+experiment=sft_policy", "data.trees=unused", *TINY, "stage.dtype=auto",
+                   "stage.lora.enabled=false"])
+    model = train.policy_model(cfg, tiny_model.resolve(), False)
+    assert asked == [] and {p.dtype for p in model.parameters()} == {torch.float32}
 
 
 def test_training_resumes_from_the_latest_checkpoint(trees, tmp_path):

@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from medsss.training.auroc import binary_auroc
 from medsss.training.batching import LengthGroupedBatchSampler, budget_batches
 from medsss.training.datamodule import ItemsDataModule
 from medsss.training.lora import apply_lora
-from medsss.training.auroc import binary_auroc
 from medsss.training.modules import PolicySFTModule, PRMModule, causal_lm_parts, response_loss
 from medsss.training.prm_inputs import collate_prm, prm_inputs
 from medsss.training.prm_model import PRMScorer, ProcessRewardModel
@@ -51,15 +51,15 @@ def tokenizer(tiny_model):
 def test_prm_learns_step_labels_to_a_held_out_auroc_above_0_9(tiny_model, tokenizer):
     torch.manual_seed(0)
     train, held_out = synthetic_chains(200, seed=1), synthetic_chains(60, seed=2)
-    items = [(prm_inputs(tokenizer, q, s, None), l) for q, s, l in train]
-    val = [(prm_inputs(tokenizer, q, s, None), l) for q, s, l in held_out]
+    items = [(prm_inputs(tokenizer, q, s, None), labels) for q, s, labels in train]
+    val = [(prm_inputs(tokenizer, q, s, None), labels) for q, s, labels in held_out]
     data = ItemsDataModule(items, val, lambda b: collate_prm([i for i, _ in b], tokenizer.pad_token_id,
-                                                             labels=[l for _, l in b]),
+                                                             labels=[label for _, label in b]),
                            length=lambda x: len(x[0].input_ids), batch_size=16)
     model = ProcessRewardModel.from_causal_lm(tiny_model.resolve())
     scorer = PRMScorer(model, tokenizer, None)
     before = binary_auroc([s for q, st, _ in held_out for s in scorer.score(q, [st])[0]],
-                          [int(x) for *_, l in held_out for x in l])
+                          [int(x) for *_, labels in held_out for x in labels])
     fit = trainer(max_epochs=3)
     fit.fit(PRMModule(model, optimizer=partial(torch.optim.AdamW, lr=3e-3, weight_decay=0.0),
                       scheduler=partial(warmup_scheduler, warmup_ratio=0.05)), data)
@@ -221,5 +221,5 @@ def test_response_loss_is_the_models_own_loss_without_all_the_logits(tiny_model,
     ours = response_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"], chunk_tokens=7)
     grads = torch.autograd.grad(ours, trainable)
     assert ours.item() == pytest.approx(expected.item(), abs=1e-5)
-    for got, want in zip(grads, expected_grads):
+    for got, want in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

@@ -165,7 +165,7 @@ def test_choices_always_give_one_of_the_letters_and_greedy_matches_hf(vllm_backe
     paths = [[STEP_ZERO], [STEP_ZERO, "Scurvy is vitamin C deficiency."], [STEP_ZERO, "Croup.", "So"]]
     greedy_requests = [forced(q, p) for q in QUESTIONS for p in paths]
     sampled_requests = [forced(q, p, temperature=1.0, n=4, seed=i)
-                        for i, (q, p) in enumerate(zip(QUESTIONS, paths))]
+                        for i, (q, p) in enumerate(zip(QUESTIONS, paths, strict=True))]
     ours = vllm_backend.generate(greedy_requests + sampled_requests)
     for row in ours:
         for completion in row:

@@ -28,7 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from medsss.data.records import Problem
+from medsss.data.records import Problem, ProblemKind
 
 BUNDLED_MEDQA = "usmle_sample.jsonl"
 # An option line in a question: "A. text", "A) text" or "(A) text".
@@ -146,11 +146,11 @@ def options_from_question(question: str) -> dict[str, str] | None:
     for line in question.splitlines():
         match = _OPTION_LINE.match(line)
         letter = (match.group(1) or match.group(2)) if match else None
-        if letter == "A":
+        if match and letter == "A":
             found = _longer_run(found, run)
-            run = {"A": match.group(3)}  # type: ignore[union-attr]
-        elif letter is not None and run and letter == chr(ord(max(run)) + 1):
-            run[letter] = match.group(3)  # type: ignore[union-attr]
+            run = {"A": match.group(3)}
+        elif match and letter is not None and run and letter == chr(ord(max(run)) + 1):
+            run[letter] = match.group(3)
         elif line.strip():
             found = _longer_run(found, run)
             run = {}
@@ -204,7 +204,7 @@ def _each(path: Path, build: Callable[[int, Any], Problem]) -> Iterator[Row]:
     return _each_rows(_json_rows(path), build)
 
 
-def _kind_of(gold: str) -> str:
+def _kind_of(gold: str) -> ProblemKind:
     return "choice" if len(gold.strip()) == 1 else "free_text"
 
 
@@ -216,12 +216,12 @@ def read_medsss(path: Path, spec: DataSpec) -> Iterator[Row]:
         question = conversations[0].get("value", "")
         gold = str(item.get("eval", {}).get("answer", "") or "")
         extra = {k: v for k, v in item.get("eval", {}).items() if k != "answer"}
-        kind = _kind_of(gold) if gold.strip() else "free_text"
+        kind: ProblemKind = _kind_of(gold) if gold.strip() else "free_text"
         return Problem(
             id=str(item.get("id", f"{path.stem}-{number}")),
             question=question,
             answer=gold.strip(),
-            kind=kind,  # type: ignore[arg-type]
+            kind=kind,
             source=str(item.get("dataset", path.stem)),
             options=options_from_question(question) if kind == "choice" else None,
             meta=extra,
@@ -237,7 +237,7 @@ def read_medqa(path: Path, spec: DataSpec) -> Iterator[Row]:
             raise DataError("no options")
         options = {str(k).strip().upper(): str(v) for k, v in options.items()}
         gold = str(item.get("answer_idx", "") or "").strip().upper()
-        meta = {k: item[k] for k in ("meta_info", "topic", "answer") if k in item}
+        meta: dict[str, Any] = {k: item[k] for k in ("meta_info", "topic", "answer") if k in item}
         return Problem(
             id=str(item.get("id", f"{path.stem}-{number}")),
             question=_with_options(str(item.get("question", "")), options) if item.get("question") else "",
@@ -268,7 +268,8 @@ def read_medmcqa(path: Path, spec: DataSpec) -> Iterator[Row]:
     base = int(base)
 
     def build(number: int, item: dict[str, Any]) -> Problem:
-        options = {letter: str(item[key]) for letter, key in zip("ABCD", ("opa", "opb", "opc", "opd"))}
+        options = {letter: str(item[key])
+                   for letter, key in zip("ABCD", ("opa", "opb", "opc", "opd"), strict=True)}
         cop = item.get("cop")
         if isinstance(cop, str) and cop.strip().upper() in options:
             gold = cop.strip().upper()
@@ -354,9 +355,10 @@ def read_jsonl(path: Path, spec: DataSpec) -> Iterator[Row]:
         options = item.get("options")
         if options is not None and not isinstance(options, dict):
             raise DataError("'options' must be an object mapping letters to option texts")
-        kind = item.get("kind") or (_kind_of(gold) if gold else "free_text")
-        if kind not in ("choice", "free_text"):
-            raise DataError(f"kind '{kind}' must be 'choice' or 'free_text'")
+        named = item.get("kind") or (_kind_of(gold) if gold else "free_text")
+        if named not in ("choice", "free_text"):
+            raise DataError(f"kind '{named}' must be 'choice' or 'free_text'")
+        kind: ProblemKind = "choice" if named == "choice" else "free_text"
         if "id" not in item:
             raise DataError("missing field 'id'")
         return Problem(

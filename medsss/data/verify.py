@@ -54,12 +54,10 @@ def extract_answer(text: str | None) -> str | None:
         return None
     searched = _after_thinking(text)
     for pattern in _ANSWER_PATTERNS:
-        last = None
-        for last in pattern.finditer(searched):
-            pass
-        if last is None:
+        matches = list(pattern.finditer(searched))
+        if not matches:
             continue
-        return _answer_after(searched, last.end())
+        return _answer_after(searched, matches[-1].end())
     return None
 
 

@@ -9,10 +9,11 @@ from medsss.decoding import rank_answers
 from medsss.evaluation.items import answer_correct, as_candidates, is_choice, options_of
 
 
-def calibration(scores: Sequence[float], targets: Sequence[float], bins: int = 10) -> tuple[list[dict], float]:
+def calibration(scores: Sequence[float], targets: Sequence[float],
+                bins: int = 10) -> tuple[list[dict], float]:
     """Reliability table of PRM scores against rollout values, and the expected calibration
     error: ``sum_b (n_b / n) * |mean score_b - mean value_b|``."""
-    table = []
+    table: list[dict[str, Any]] = []
     for b in range(bins):
         members = [i for i, s in enumerate(scores) if min(int(s * bins), bins - 1) == b]
         if not members:
@@ -22,7 +23,8 @@ def calibration(scores: Sequence[float], targets: Sequence[float], bins: int = 1
         table.append({"bin": f"{b / bins:.1f}-{(b + 1) / bins:.1f}", "count": len(members),
                       "mean_score": mean_score, "mean_value": mean_value})
     total = len(scores)
-    ece = sum(row["count"] / total * abs(row["mean_score"] - row["mean_value"]) for row in table) if total else 0.0
+    ece = (sum(row["count"] / total * abs(row["mean_score"] - row["mean_value"]) for row in table)
+           if total else 0.0)
     return table, ece
 
 
@@ -82,6 +84,7 @@ def abstention_curve(items: Sequence[Mapping[str, Any]], aggregation: str = "min
     rows = []
     for coverage in coverages:
         kept = ranked[: max(1, round(coverage * len(ranked)))] if ranked else []
-        accuracy = sum(answer_correct(item, answer) for (answer, _), item in kept) / len(kept) if kept else 0.0
+        accuracy = (sum(answer_correct(item, answer) for (answer, _), item in kept) / len(kept)
+                    if kept else 0.0)
         rows.append({"coverage": coverage, "answered": len(kept), "accuracy": accuracy})
     return rows

@@ -63,23 +63,27 @@ def percentile_interval(samples: Sequence[float] | np.ndarray) -> tuple[float, f
     return float(low), float(high)
 
 
-def item_bootstrap(values: Sequence[float], rounds: int, seed: int | Sequence[int] = 0) -> tuple[float, float]:
+def item_bootstrap(values: Sequence[float], rounds: int,
+                   seed: int | Sequence[int] = 0) -> tuple[float, float]:
     """95% interval of the mean of per-item ``values`` under resampling items with replacement."""
     return percentile_interval(bootstrap_means(values, rounds, seed))
 
 
-def macro_bootstrap(per_benchmark: Sequence[Sequence[float]], rounds: int, seed: int = 0) -> tuple[float, float]:
+def macro_bootstrap(per_benchmark: Sequence[Sequence[float]], rounds: int,
+                    seed: int = 0) -> tuple[float, float]:
     """95% interval of the macro average (the mean of benchmark means), resampling items within each
     benchmark independently."""
     means = [bootstrap_means(values, rounds, [seed, index]) for index, values in enumerate(per_benchmark)]
     return percentile_interval(np.mean(means, axis=0))
 
 
-def _draws(items: Sequence[Mapping[str, Any]], n: int, total: int, rounds: int, seed: int) -> list[list[list[int]]]:
+def _draws(items: Sequence[Mapping[str, Any]], n: int, total: int, rounds: int,
+           seed: int) -> list[list[list[int]]]:
     """Per round, per item, the candidate indices of that round's draw of ``n``."""
     prefix = [list(range(n)) for _ in items]
     extra = [
-        [random.Random(f"{seed}|{r}|{item['id']}").sample(range(len(item["candidates"])), n) for item in items]
+        [random.Random(f"{seed}|{r}|{item['id']}").sample(range(len(item["candidates"])), n)
+         for item in items]
         for r in range(1, rounds if n < total else 1)
     ]
     return [prefix, *extra]
@@ -96,7 +100,8 @@ class _Prepared:
 
     @classmethod
     def of(cls, item: Mapping[str, Any]) -> _Prepared:
-        return cls(as_candidates(item["candidates"]), [answer_correct(item, c["answer"]) for c in item["candidates"]],
+        return cls(as_candidates(item["candidates"]),
+                   [answer_correct(item, c["answer"]) for c in item["candidates"]],
                    is_choice(item), options_of(item))
 
     def outcome(self, indices: Sequence[int], rule: str, aggregation: str) -> bool:
@@ -110,7 +115,7 @@ def _outcomes(prepared: Sequence[_Prepared], rule: str, aggregation: str,
     """Per draw and item, whether ``rule`` picks a correct candidate: shape (draws, items)."""
     outcomes = np.zeros((len(draws), len(prepared)))
     for d, draw in enumerate(draws):
-        for i, (item, indices) in enumerate(zip(prepared, draw)):
+        for i, (item, indices) in enumerate(zip(prepared, draw, strict=True)):
             outcomes[d, i] = item.outcome(indices, rule, aggregation)
     return outcomes
 

@@ -109,7 +109,8 @@ def write_results(run_dir: Path, evaluations: Sequence[BenchmarkEvaluation], dec
     """``results.md``, ``results.csv`` (per benchmark and the macro average) and ``grid.csv``;
     returns the results rows, the macro average last."""
     results = [e.result for e in evaluations]
-    rows = [r.row for r in results] + [macro_average(results, bootstrap=settings.bootstrap, seed=settings.seed)]
+    rows = [r.row for r in results]
+    rows.append(macro_average(results, bootstrap=settings.bootstrap, seed=settings.seed))
     not_run = {column: NOT_RUN for column in PRM_STRATEGIES if column not in settings.selections}
     (run_dir / "results.md").write_text(
         header(rows, decode=decode, bootstrap=settings.bootstrap, seed=settings.seed, has_prm=has_prm) + "\n"
@@ -152,13 +153,15 @@ def write_diagnostics(run_dir: Path, items: list[dict], aggregation: str, scorer
         flat_scores = [s for chain in scores for s in chain]
         flat_values = [v for r in rows for v in r["values"][1:]]
         table, ece = calibration(flat_scores, flat_values, bins=bins)
-        first = first_error_f1([(r["values"], s) for r, s in zip(rows, scores)])
+        first = first_error_f1([(r["values"], s) for r, s in zip(rows, scores, strict=True)])
         write_csv(table, run_dir / "calibration.csv")
         plot_reliability(table, ece, run_dir / "plots" / "reliability.png")
-        out.update({"prm_ece": ece, "prm_first_error_f1": first["f1"], "prm_diagnostic_steps": len(flat_scores)})
+        out.update({"prm_ece": ece, "prm_first_error_f1": first["f1"],
+                    "prm_diagnostic_steps": len(flat_scores)})
         lines += [f"\n## Calibration against rollout values (ECE {ece:.3f}, {len(flat_scores)} steps)\n",
                   markdown_table(table, ["bin", "count", "mean_score", "mean_value"]),
-                  f"\n## First-error detection\n\nF1 {first['f1']:.3f} (error chains {first['chains_with_error']}, "
+                  f"\n## First-error detection\n\nF1 {first['f1']:.3f} "
+                  f"(error chains {first['chains_with_error']}, "
                   f"exact {first['error_accuracy']:.3f}; clean chains {first['chains_without']}, "
                   f"unflagged {first['correct_accuracy']:.3f})\n"]
     (run_dir / "diagnostics.md").write_text("\n".join(lines))

@@ -60,7 +60,8 @@ def plot_accuracy_vs_n(grid: Sequence[dict[str, Any]], title: str, path: Path,
         ns = [c["n"] for c in cells]
         label = selection if aggregation == "-" else f"{selection} ({aggregation})"
         axes.plot(ns, [100 * c["accuracy"] for c in cells], marker="o", label=label)
-        axes.fill_between(ns, [100 * c["ci_low"] for c in cells], [100 * c["ci_high"] for c in cells], alpha=0.15)
+        axes.fill_between(ns, [100 * c["ci_low"] for c in cells], [100 * c["ci_high"] for c in cells],
+                          alpha=0.15)
     axes.set_xscale("log", base=2)
     axes.set_xlabel("N (candidates)")
     axes.set_ylabel("accuracy (%)")

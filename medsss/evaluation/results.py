@@ -46,7 +46,8 @@ class DecodeChoice:
     fallback_from: str | None = None  # the configured selection when it could not run
 
 
-def decode_choice(selection: str, aggregation: str, n: int, *, has_prm: bool, greedy_sampled: bool) -> DecodeChoice:
+def decode_choice(selection: str, aggregation: str, n: int, *, has_prm: bool,
+                  greedy_sampled: bool) -> DecodeChoice:
     """The ``decode=`` strategy this run can apply: a PRM strategy without a PRM falls back to ``sc``
     (one warning line); ``greedy`` needs the greedy sample."""
     if selection not in SELECTIONS:
@@ -56,8 +57,8 @@ def decode_choice(selection: str, aggregation: str, n: int, *, has_prm: bool, gr
     if selection == "greedy" and not greedy_sampled:
         raise ValueError("decode=greedy reads each item's greedy sample: set stage.greedy=true")
     if selection in PRM_STRATEGIES and not has_prm:
-        log.warning("decode=%s needs a PRM (stage.prm.path is null): predictions/ and the decode column use sc",
-                    selection)
+        log.warning("decode=%s needs a PRM (stage.prm.path is null): predictions/ and the decode column "
+                    "use sc", selection)
         return DecodeChoice("sc", aggregation, n, fallback_from=selection)
     return DecodeChoice(selection, aggregation, n)
 
@@ -104,7 +105,8 @@ def summarise(name: str, items: Sequence[Mapping[str, Any]], *, strategies: Sequ
             raise ValueError(f"benchmark {name}: decode=greedy, but no cached item has a greedy sample")
         per_item["decode"] = greedy
     else:
-        per_item["decode"] = strategy_outcomes(items, decode.selection, decode.aggregation, decode_n(decode, total))
+        per_item["decode"] = strategy_outcomes(items, decode.selection, decode.aggregation,
+                                               decode_n(decode, total))
     per_item["pass@1"] = pass_at_k_per_item(items, 1)
     per_item["pass@N"] = pass_at_k_per_item(items, total)
     row: dict[str, Any] = {"benchmark": name, "items": len(items), "N": total}
@@ -130,7 +132,8 @@ def macro_average(results: Sequence[BenchmarkResult], *, bootstrap: int, seed: i
 
 
 def _with_interval(column: str, values: Sequence[float], interval: tuple[float, float]) -> dict[str, float]:
-    return {column: sum(values) / len(values), f"{column}_ci_low": interval[0], f"{column}_ci_high": interval[1]}
+    return {column: sum(values) / len(values), f"{column}_ci_low": interval[0],
+            f"{column}_ci_high": interval[1]}
 
 
 def header(rows: Sequence[Mapping[str, Any]], *, decode: DecodeChoice, bootstrap: int, seed: int,
@@ -140,9 +143,10 @@ def header(rows: Sequence[Mapping[str, Any]], *, decode: DecodeChoice, bootstrap
     n_text = f"N = {ns[0]}" if len(ns) == 1 else "N per benchmark (column N)"
     decode_ns = sorted({min(decode.n, n) for n in ns})
     lines = [
-        f"Accuracy (%) with {n_text} candidates per item, the first N in sampled order (as in `predictions/`). "
-        f"In brackets: 95% item-level bootstrap interval ({bootstrap} seeded resamples of the items with "
-        f"replacement, seed {seed}; the macro average resamples within each benchmark).",
+        f"Accuracy (%) with {n_text} candidates per item, the first N in sampled order "
+        f"(as in `predictions/`). In brackets: 95% item-level bootstrap interval ({bootstrap} seeded "
+        f"resamples of the items with replacement, seed {seed}; the macro average resamples within each "
+        f"benchmark).",
     ]
     if decode.selection == "greedy":
         lines.append("`decode` is `greedy` (the greedy sample).")
@@ -156,7 +160,8 @@ def header(rows: Sequence[Mapping[str, Any]], *, decode: DecodeChoice, bootstrap
         lines.append("No PRM (`stage.prm.path` is null): bon, pvs and vote_mean were not run.")
     if decode.fallback_from:
         lines.append(f"`decode={decode.fallback_from}` needs a PRM: the `decode` column falls back to `sc`.")
-    lines.append("`pass@N`: unbiased pass@k at k = N. `unparseable`: share of candidates with no extracted answer.")
+    lines.append("`pass@N`: unbiased pass@k at k = N. "
+                 "`unparseable`: share of candidates with no extracted answer.")
     return "\n".join(lines) + "\n"
 
 

@@ -1,8 +1,8 @@
 """Sample N candidates per question once, score every step once, cache everything per item.
 
 The cache (``cache/<benchmark>.jsonl``) holds per item its gold, kind and options, the candidate
-texts, their steps, extracted answers and PRM step scores (and the greedy answer). Every decoding strategy is then evaluated
-offline from it, and a rerun skips cached items.
+texts, their steps, extracted answers and PRM step scores (and the greedy answer). Every decoding
+strategy is then evaluated offline from it, and a rerun skips cached items.
 """
 
 from __future__ import annotations
@@ -64,19 +64,21 @@ def sample_and_score(
             requests = []
             for index, problem in enumerate(chunk):
                 messages = build_messages(problem.question, system_prompt)
-                requests.append(GenerationRequest(messages, prefill, n=n, temperature=temperature, top_p=top_p,
-                                                  max_tokens=max_tokens, seed=seed + start + index))
+                requests.append(GenerationRequest(messages, prefill, n=n, temperature=temperature,
+                                                  top_p=top_p, max_tokens=max_tokens,
+                                                  seed=seed + start + index))
                 if greedy:
                     requests.append(GenerationRequest(messages, prefill, n=1, temperature=0.0,
                                                       max_tokens=max_tokens))
             completions = backend.generate(requests)
             per_item = 2 if greedy else 1
-            rows = []
+            rows: list[dict[str, Any]] = []
             for index, problem in enumerate(chunk):
                 samples = completions[index * per_item]
                 # kind and options travel with the row: offline selection and scoring need them.
-                row = {"id": problem.id, "gold": problem.answer, "kind": problem.kind,
-                       "options": dict(problem.options) if problem.options else None, "source": problem.source,
+                row: dict[str, Any] = {"id": problem.id, "gold": problem.answer, "kind": problem.kind,
+                       "options": dict(problem.options) if problem.options else None,
+                       "source": problem.source,
                        "candidates": [candidate(c.text, fallback) for c in samples]}
                 if greedy:
                     row["greedy"] = candidate(completions[index * per_item + 1][0].text, fallback)
@@ -93,12 +95,12 @@ def sample_and_score(
 
 def _score(rows: list[dict[str, Any]], problems: Sequence[Problem], score_chains) -> None:
     chains, owners = [], []
-    for row, problem in zip(rows, problems):
+    for row, problem in zip(rows, problems, strict=True):
         for cand in row["candidates"]:
             cand["step_scores"] = []
             if score_chains is not None and len(cand["steps"]) > 1:
                 chains.append((problem.question, cand["steps"]))
                 owners.append(cand)
     if chains:
-        for cand, scores in zip(owners, score_chains(chains)):
+        for cand, scores in zip(owners, score_chains(chains), strict=True):
             cand["step_scores"] = scores

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 
-def load_prm_scorer(path: str, *, layout: str = "scalar", base: str | None = None, tokenizer: str | None = None,
-                    dtype: str = "float32", batch_size: int = 16, system_prompt: str | None = None,
-                    device: str = "cpu") -> Any:
+def load_prm_scorer(path: str, *, layout: str = "scalar", base: str | None = None,
+                    tokenizer: str | None = None, dtype: str = "float32", batch_size: int = 16,
+                    system_prompt: str | None = None, device: str = "cpu") -> Any:
     """A :class:`~medsss.training.prm_model.PRMScorer` for the PRM at ``path``. ``layout``:
     ``scalar`` (ours, in ``dtype`` for ``device``) or ``token_classifier`` (a LoRA adapter on
     ``base``, or a full model at ``path``). ``tokenizer`` defaults to the one saved at ``path``."""
@@ -22,7 +22,8 @@ def load_prm_scorer(path: str, *, layout: str = "scalar", base: str | None = Non
         model = ProcessRewardModel.from_causal_lm(path, resolve_dtype(dtype, device))
     else:
         model = load_token_classifier(path, base)
-    return PRMScorer(model, loaded_tokenizer, system_prompt, layout=layout, device=device, batch_size=batch_size)
+    return PRMScorer(model, loaded_tokenizer, system_prompt, layout=layout, device=device,
+                     batch_size=batch_size)
 
 
 def load_token_classifier(path: str, base: str | None) -> Any:
@@ -33,5 +34,6 @@ def load_token_classifier(path: str, base: str | None) -> Any:
     if base:
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(AutoModelForTokenClassification.from_pretrained(base, num_labels=2), path)
+        classifier = AutoModelForTokenClassification.from_pretrained(base, num_labels=2)
+        return PeftModel.from_pretrained(classifier, path)
     return AutoModelForTokenClassification.from_pretrained(path, num_labels=2)

@@ -156,7 +156,7 @@ class ChoiceTokens:
             ids = [i for i in range(len(self._tokenizer)) if i not in special]
             texts = self._tokenizer.batch_decode([[i] for i in ids])
             by_text: dict[str, list[int]] = {}
-            for token_id, text in zip(ids, texts):
+            for token_id, text in zip(ids, texts, strict=True):
                 if text.strip():
                     by_text.setdefault(text.strip(), []).append(token_id)
             self._by_text = by_text

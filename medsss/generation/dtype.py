@@ -52,6 +52,11 @@ PROBE_REPEATS = 3  # timed calls per part at least, after one warm-up call; the 
 PROBE_MAX_CALLS = 20  # ... and at most, for calls short enough to fit the budget
 PROBE_BUDGET_S = 0.03  # time per part under which short calls keep repeating
 CACHE_FILE_NAME = "dtype_probe.json"
+# Training (``stage.dtype=auto``): a forward and backward pass over one sequence of this many
+# tokens; the LM head is timed on LM_HEAD_ROWS of them and scaled (it dominates the probe's
+# cost otherwise, and its time is linear in rows).
+TRAIN_PROBE_TOKENS = 128
+TRAIN_LM_HEAD_ROWS = 32
 
 
 @dataclass(frozen=True)
@@ -202,6 +207,48 @@ def time_decode_step(shape: ModelShape, dtype: torch.dtype) -> ProbeTiming:
         )
 
 
+def time_train_step(shape: ModelShape, dtype: torch.dtype) -> ProbeTiming:
+    """Time the parts of a training step of ``shape`` in ``dtype`` on the CPU: forward and
+    backward over ``TRAIN_PROBE_TOKENS`` tokens of one sequence, with frozen weights (LoRA
+    trains adapters only, so the backward pass needs input gradients, not weight gradients):
+    one layer's causal attention and projections, and the LM head."""
+    tokens, d = TRAIN_PROBE_TOKENS, shape.head_dim
+
+    def leaf(*size: int) -> torch.Tensor:
+        return torch.full(size, 0.01, dtype=dtype, requires_grad=True)
+
+    def weight(*size: int) -> torch.Tensor:
+        return torch.full(size, 0.01, dtype=dtype)
+
+    query, keys, values = (leaf(1, shape.num_heads, tokens, d) for _ in range(3))
+    hidden = leaf(tokens, shape.hidden_size)
+    mlp_in = leaf(tokens, shape.intermediate_size)
+    attn_out = leaf(tokens, shape.num_heads * d)
+    qkv = weight(shape.num_heads * d + 2 * shape.num_kv_heads * d, shape.hidden_size)
+    out = weight(shape.hidden_size, shape.num_heads * d)
+    gate_up = weight(2 * shape.intermediate_size, shape.hidden_size)
+    down = weight(shape.hidden_size, shape.intermediate_size)
+    lm_head = weight(shape.vocab_size, shape.hidden_size)
+    head_rows = leaf(min(TRAIN_LM_HEAD_ROWS, tokens), shape.hidden_size)
+
+    def attention() -> None:
+        F.scaled_dot_product_attention(query, keys, values, is_causal=True).sum().backward()
+
+    def projections() -> None:
+        total = (F.linear(hidden, qkv).sum() + F.linear(attn_out, out).sum()
+                 + F.linear(hidden, gate_up).sum() + F.linear(mlp_in, down).sum())
+        total.backward()
+
+    def head() -> None:
+        F.linear(head_rows, lm_head).float().sum().backward()
+
+    return ProbeTiming(
+        attention_s=_fastest_call(attention),
+        projections_s=_fastest_call(projections),
+        lm_head_s=_fastest_call(head) * tokens / head_rows.shape[0],
+    )
+
+
 # -- the per-machine cache ------------------------------------------------------------------------
 
 
@@ -287,14 +334,19 @@ def choose_dtype(
     *,
     timer: Timer | None = None,
     cache_file: Path | None = None,
+    workload: str = "decode",
 ) -> torch.dtype:
     """The dtype to load ``model`` in on ``device``.
 
     ``requested`` defaults to ``model.dtype`` for a ``ModelSpec`` (else ``auto``); anything but
     ``auto`` is obeyed as it is. ``auto``: bfloat16 on CUDA (float16 without bfloat16 support);
     on CPU the faster of bfloat16 and float32 for this model's decode step on this machine,
-    measured once and cached (``timer`` and ``cache_file`` are for tests).
+    measured once and cached (``timer`` and ``cache_file`` are for tests). ``workload`` is what is
+    timed: ``decode`` (a generation step, :func:`time_decode_step`) or ``train`` (a training step,
+    :func:`time_train_step`); each has its own verdict in the cache.
     """
+    if workload not in WORKLOAD_TIMERS:
+        raise ValueError(f"dtype probe workload '{workload}' must be one of {', '.join(WORKLOAD_TIMERS)}")
     if requested is None:
         requested = getattr(model, "dtype", "auto")
     if requested != "auto":
@@ -310,7 +362,8 @@ def choose_dtype(
     except FileNotFoundError as err:
         log.warning("model.dtype=auto: %s, so the dtype probe cannot read the model's shape; float32", err)
         return torch.float32
-    return _cpu_verdict(shape, timer or time_decode_step, cache_file or default_cache_file())
+    return _cpu_verdict(shape, timer or WORKLOAD_TIMERS[workload], cache_file or default_cache_file(),
+                        workload)
 
 
 def _device_kind(device: str) -> str:
@@ -319,13 +372,15 @@ def _device_kind(device: str) -> str:
     return torch.device(device).type
 
 
-def _cpu_verdict(shape: ModelShape, timer: Timer, cache_file: Path) -> torch.dtype:
-    machine, shape_key = machine_key(), shape.key()
+def _cpu_verdict(shape: ModelShape, timer: Timer, cache_file: Path, workload: str = "decode") -> torch.dtype:
+    machine = machine_key()
+    # Decode verdicts keep the shape alone as their key (caches written before training had one).
+    shape_key = shape.key() if workload == "decode" else f"{workload}:{shape.key()}"
     verdicts = _read_cache(cache_file).get(machine)
     cached = verdicts.get(shape_key) if isinstance(verdicts, dict) else None
     if isinstance(cached, dict) and cached.get("dtype") in CANDIDATES:
-        log.info("model.dtype=auto: %s (cached probe in %s: decode step %s)", cached["dtype"], cache_file,
-                 _summary(cached))
+        log.info("%s: %s (cached probe in %s: %s step %s)", WORKLOAD_SETTING[workload], cached["dtype"],
+                 cache_file, workload, _summary(cached))
         return DTYPES[cached["dtype"]]
     busy = machine_busy()
     timings = {name: timer(shape, DTYPES[name]) for name in CANDIDATES}
@@ -335,8 +390,8 @@ def _cpu_verdict(shape: ModelShape, timer: Timer, cache_file: Path) -> torch.dty
     for name, timing in timings.items():
         parts_ms = {part.removesuffix("_s") + "_ms": 1e3 * sec for part, sec in asdict(timing).items()}
         entry[name] = {"step_ms": 1e3 * steps[name], **parts_ms}
-    log.info("model.dtype=auto: %s (probe of %s on %s, %d rows x %d positions: decode step %s)%s",
-             verdict, shape_key, machine, PROBE_ROWS, PROBE_POSITIONS, _summary(entry),
+    log.info("%s: %s (probe of %s on %s: %s step %s)%s",
+             WORKLOAD_SETTING[workload], verdict, shape_key, machine, workload, _summary(entry),
              "; not cached: the machine was busy, so the next run measures again" if busy else "")
     if busy:
         return DTYPES[verdict]
@@ -345,6 +400,10 @@ def _cpu_verdict(shape: ModelShape, timer: Timer, cache_file: Path) -> torch.dty
     except OSError as err:  # a read-only cache costs a re-measurement next time, nothing more
         log.warning("could not write the dtype probe cache %s: %s", cache_file, err)
     return DTYPES[verdict]
+
+
+WORKLOAD_TIMERS: dict[str, Timer] = {"decode": time_decode_step, "train": time_train_step}
+WORKLOAD_SETTING = {"decode": "model.dtype=auto", "train": "stage.dtype=auto"}  # what a log line names
 
 
 def _summary(entry: Mapping[str, Any]) -> str:

@@ -20,18 +20,32 @@ import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import torch
 from transformers import DynamicCache, StopStringCriteria
 from transformers.cache_utils import DynamicLayer
 
-from medsss.generation.base import ChoiceTokens, Completion, GenerationRequest, GenerationStats, cut_at_stop
+from medsss.generation.base import (
+    ChoiceTokens,
+    Completion,
+    FinishReason,
+    GenerationRequest,
+    GenerationStats,
+    cut_at_stop,
+)
 from medsss.generation.dtype import choose_dtype
-from medsss.generation.kv_cache import preallocated_cache
+from medsss.generation.kv_cache import PreallocatedLayer, preallocated_cache
 from medsss.generation.models import ModelSpec
 from medsss.generation.sampling import RowStreams, sample_next_tokens
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 GROUPED_ATTENTION = "medsss_grouped_sdpa"
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -48,14 +62,14 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     return _DTYPES[name]
 
 
-class _LRU(OrderedDict):
+class _LRU(OrderedDict[_K, _V]):
     """A dict that forgets its least recently written entries beyond ``limit``."""
 
     def __init__(self, limit: int) -> None:
         super().__init__()
         self.limit = limit
 
-    def __setitem__(self, key, value) -> None:
+    def __setitem__(self, key: _K, value: _V) -> None:
         super().__setitem__(key, value)
         self.move_to_end(key)
         while len(self) > self.limit:
@@ -111,7 +125,8 @@ class HFBackend:
 
             # Merged once at load: generation then runs at the base model's speed.
             self.model = PeftModel.from_pretrained(self.model, model.adapter).merge_and_unload()
-        self.model = self.model.to(device)
+        # transformers decorates PreTrainedModel.to with functools.wraps, which mistypes its parameters.
+        self.model = self.model.to(device)  # type: ignore[arg-type]  # wraps() mistypes the device
         self.model.eval()
         use_grouped_attention(self.model)
         eos = self.model.generation_config.eos_token_id
@@ -128,7 +143,8 @@ class HFBackend:
         # Splicing cached keys in, and pre-allocating room, assume plain full-attention layers
         # (no sliding windows or linear attention); other models use DynamicCache as it is.
         probe = DynamicCache(config=self.model.config)
-        self._plain_attention = all(type(layer) is DynamicLayer for layer in probe.layers) and bool(probe.layers)
+        self._plain_attention = (all(type(layer) is DynamicLayer for layer in probe.layers)
+                                 and bool(probe.layers))
         self._num_layers = len(probe.layers)
 
     # -- prompts ---------------------------------------------------------------------------------
@@ -145,7 +161,9 @@ class HFBackend:
         chat = self._chat_cache.get(conversation)
         if chat is None:
             messages = [{"role": role, "content": content} for role, content in conversation]
-            chat = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            # tokenize=False gives the text (transformers' return type covers every mode)
+            chat = cast(str, self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                                add_generation_prompt=True))
             self._chat_cache[conversation] = chat
         return chat
 
@@ -177,7 +195,7 @@ class HFBackend:
                 [requests[i] for i, _, _ in chunk],
                 RowStreams([seeds[i] for i, _, _ in chunk], [sample for _, sample, _ in chunk]),
             )
-            for (i, sample, _), completion in zip(chunk, completions):
+            for (i, sample, _), completion in zip(chunk, completions, strict=True):
                 results[i][sample] = completion
         return [[c for c in row if c is not None] for row in results]
 
@@ -203,7 +221,7 @@ class HFBackend:
         unique: dict[str, int] = {}
         row_prompt = [unique.setdefault(text, len(unique)) for text in texts]
         unique_conversations: list[tuple[tuple[str, str], ...]] = [()] * len(unique)
-        for text, request in zip(texts, settings):
+        for text, request in zip(texts, settings, strict=True):
             unique_conversations[unique[text]] = self._messages_key(request)
         cache, logits, prompt_lengths, mask, computed = self._prefill(
             list(unique), unique_conversations, max(limits)
@@ -219,7 +237,7 @@ class HFBackend:
 
         active = torch.arange(n_rows, device=self.device)  # original row of each batch slot
         tokens: list[list[int]] = [[] for _ in range(n_rows)]
-        reasons: list[str] = ["length"] * n_rows
+        reasons: list[FinishReason] = ["length"] * n_rows
         done = [False] * n_rows
         generated = torch.empty(n_rows, 0, dtype=torch.long, device=self.device)
         eos = torch.tensor(sorted(self._eos_ids), device=self.device)
@@ -262,15 +280,17 @@ class HFBackend:
 
         completions = []
         for row, request in enumerate(settings):
+            # One row of ids decodes to one text (transformers' return type covers batches too).
+            reason: FinishReason
             if request.choices:  # one allowed token: never eos, never cut
-                text, reason = self.tokenizer.decode(tokens[row]), "stop"
+                text, reason = cast(str, self.tokenizer.decode(tokens[row])), "stop"
             else:
                 body = tokens[row][:-1] if reasons[row] == "eos" else tokens[row]
-                decoded = self.tokenizer.decode(body, skip_special_tokens=True)
+                decoded = cast(str, self.tokenizer.decode(body, skip_special_tokens=True))
                 text, stopped = cut_at_stop(decoded, request.stop)
                 reason = "stop" if stopped else reasons[row]
             completions.append(
-                Completion(text=text, finish_reason=reason,  # type: ignore[arg-type]
+                Completion(text=text, finish_reason=reason,
                            prompt_tokens=int(prompt_lengths[row_prompt[row]]),
                            generated_tokens=len(tokens[row]))
             )
@@ -299,7 +319,7 @@ class HFBackend:
                 rows = generated
             else:
                 rows = generated[torch.tensor(slots, device=generated.device)]
-            for slot, hit in zip(slots, self._stop_criteria(stop)(rows, None).tolist()):
+            for slot, hit in zip(slots, self._stop_criteria(stop)(rows, None).tolist(), strict=True):
                 stopped[slot] = hit
         return stopped
 
@@ -318,15 +338,19 @@ class HFBackend:
             cache = DynamicCache(config=self.model.config)
             self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
                        past_key_values=cache, use_cache=True, logits_to_keep=1)
+            filled: list[tuple[torch.Tensor, torch.Tensor]] = []
+            for layer in cache.layers:  # _plain_attention: DynamicLayers, filled by the forward above
+                assert isinstance(layer, DynamicLayer) and layer.keys is not None and layer.values is not None
+                filled.append((layer.keys, layer.values))
             for row, conversation in enumerate(missing):
                 pad = int((mask[row] == 0).sum())
                 self._prefix_cache[conversation] = _Prefix(
                     ids=ids[row, pad:].tolist(),
-                    keys=[layer.keys[row : row + 1, :, pad:].clone() for layer in cache.layers],
-                    values=[layer.values[row : row + 1, :, pad:].clone() for layer in cache.layers],
+                    keys=[keys[row : row + 1, :, pad:].clone() for keys, _ in filled],
+                    values=[values[row : row + 1, :, pad:].clone() for _, values in filled],
                 )
                 computed += len(self._prefix_cache[conversation].ids)
-        found = []
+        found: list[_Prefix | None] = []
         for conversation in conversations:
             self._prefix_cache.move_to_end(conversation)
             found.append(self._prefix_cache[conversation])
@@ -334,7 +358,8 @@ class HFBackend:
             self._prefix_cache.popitem(last=False)
         return found, computed
 
-    def _tokenize(self, texts: list[str], conversations: list[tuple[tuple[str, str], ...]]) -> list[list[int]]:
+    def _tokenize(self, texts: list[str],
+                  conversations: list[tuple[tuple[str, str], ...]]) -> list[list[int]]:
         """Token ids of whole prompts, tokenizing each chat prompt once and then only prefills.
 
         Splitting is exact when no pre-token spans the chat/prefill boundary, which depends only
@@ -342,14 +367,15 @@ class HFBackend:
         whole text, and shapes that differ (e.g. SentencePiece's leading space) fall back to it.
         """
         tokenize = self.tokenizer
-        prefills = [text[len(self._chat(c)) :] for text, c in zip(texts, conversations)]
+        prefills = [text[len(self._chat(c)) :] for text, c in zip(texts, conversations, strict=True)]
         prefill_ids = tokenize(prefills, add_special_tokens=False)["input_ids"] if texts else []
         full = []
-        for text, conversation, prefill, ids in zip(texts, conversations, prefills, prefill_ids):
+        for text, conversation, prefill, ids in zip(texts, conversations, prefills, prefill_ids, strict=True):
             chat = self._chat(conversation)
             chat_ids = self._chat_ids.get(conversation)
             if chat_ids is None:
-                chat_ids = self._chat_ids[conversation] = tokenize(chat, add_special_tokens=False)["input_ids"]
+                chat_ids = tokenize(chat, add_special_tokens=False)["input_ids"]
+                self._chat_ids[conversation] = chat_ids
             boundary = (chat[-16:], prefill[:16])
             exact = self._split_exact.get(boundary)
             if exact is None:
@@ -359,7 +385,8 @@ class HFBackend:
             full.append(chat_ids + ids if exact else tokenize(text, add_special_tokens=False)["input_ids"])
         return full
 
-    def _prefill(self, texts: list[str], conversations: list[tuple[tuple[str, str], ...]], max_new_tokens: int):
+    def _prefill(self, texts: list[str], conversations: list[tuple[tuple[str, str], ...]],
+                 max_new_tokens: int):
         """Run the prompts of ``texts`` through the model, reusing cached chat prefixes.
 
         The batch cache is laid out ``[pad][prefix][pad][suffix]`` per row: padding may sit in the
@@ -373,10 +400,10 @@ class HFBackend:
         # A prefix is usable when the whole prompt's tokens start with it and something follows.
         prefixes = [
             p if p is not None and len(ids) > len(p.ids) and ids[: len(p.ids)] == p.ids else None
-            for p, ids in zip(prefixes, full)
+            for p, ids in zip(prefixes, full, strict=True)
         ]
         prefix_lengths = [len(p.ids) if p else 0 for p in prefixes]
-        suffixes = [ids[n:] for ids, n in zip(full, prefix_lengths)]
+        suffixes = [ids[n:] for ids, n in zip(full, prefix_lengths, strict=True)]
         width_p, width_s = max(prefix_lengths), max(len(s) for s in suffixes)
         pad_id = self.tokenizer.pad_token_id
         batch = len(texts)
@@ -384,12 +411,13 @@ class HFBackend:
         suffix_ids = torch.full((batch, width_s), pad_id, dtype=torch.long)
         mask = torch.zeros(batch, width_p + width_s, dtype=torch.long)
         positions = torch.zeros(batch, width_s, dtype=torch.long)
-        for row, (n, suffix) in enumerate(zip(prefix_lengths, suffixes)):
+        for row, (n, suffix) in enumerate(zip(prefix_lengths, suffixes, strict=True)):
             suffix_ids[row, width_s - len(suffix) :] = torch.tensor(suffix)
             mask[row, width_p - n : width_p] = 1
             mask[row, width_p + width_s - len(suffix) :] = 1
             positions[row, width_s - len(suffix) :] = torch.arange(n, n + len(suffix))
-        suffix_ids, mask, positions = suffix_ids.to(self.device), mask.to(self.device), positions.to(self.device)
+        suffix_ids, mask = suffix_ids.to(self.device), mask.to(self.device)
+        positions = positions.to(self.device)
 
         cache = (
             preallocated_cache(self._num_layers, width_p + width_s + max_new_tokens)
@@ -398,6 +426,7 @@ class HFBackend:
         )
         if width_p:  # only when prefix caching is on, so the layers are PreallocatedLayer
             for index, layer in enumerate(cache.layers):
+                assert isinstance(layer, PreallocatedLayer)
                 layer.place_prefixes(
                     [p.keys[index] if p else None for p in prefixes],
                     [p.values[index] if p else None for p in prefixes],
@@ -476,7 +505,7 @@ def grouped_sdpa_attention(
     return out.transpose(1, 2).contiguous(), None
 
 
-def use_grouped_attention(model: torch.nn.Module) -> bool:
+def use_grouped_attention(model: PreTrainedModel) -> bool:
     """Switch a model that transformers set up with ``sdpa`` to :func:`grouped_sdpa_attention`
     (same masks, same results); models on other attention implementations are left alone.
     Returns whether the model now uses it."""

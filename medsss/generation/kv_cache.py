@@ -28,8 +28,9 @@ class PreallocatedLayer(DynamicLayer):
         if self._key_buffer is None or self._length + new > self._key_buffer.shape[-2]:
             self._grow(key_states, value_states, self._length + new)
         end = self._length + new
-        self._key_buffer[:, :, self._length : end] = key_states
-        self._value_buffer[:, :, self._length : end] = value_states
+        key_buffer, value_buffer = self._buffers()
+        key_buffer[:, :, self._length : end] = key_states
+        value_buffer[:, :, self._length : end] = value_states
         self._length = end
         self._expose()
         return self.keys, self.values
@@ -44,12 +45,13 @@ class PreallocatedLayer(DynamicLayer):
         """
         template = next(k for k in keys if k is not None)
         shape = (len(keys), template.shape[1], max(self.capacity, width), template.shape[3])
-        self._key_buffer = template.new_zeros(shape)
-        self._value_buffer = template.new_zeros(shape)
-        for row, (k, v) in enumerate(zip(keys, values)):
+        key_buffer = self._key_buffer = template.new_zeros(shape)
+        value_buffer = self._value_buffer = template.new_zeros(shape)
+        for row, (k, v) in enumerate(zip(keys, values, strict=True)):
             if k is not None:
-                self._key_buffer[row, :, width - k.shape[2] : width] = k[0]
-                self._value_buffer[row, :, width - v.shape[2] : width] = v[0]
+                assert v is not None  # a row has both a key and a value prefix, or neither
+                key_buffer[row, :, width - k.shape[2] : width] = k[0]
+                value_buffer[row, :, width - v.shape[2] : width] = v[0]
         self.lazy_initialization(template, template)
         self._length = width
         self._expose()
@@ -60,27 +62,35 @@ class PreallocatedLayer(DynamicLayer):
         keys = key_states.new_zeros(shape)
         values = value_states.new_zeros((*shape[:3], value_states.shape[3]))
         if self._key_buffer is not None and self._length:
-            keys[:, :, : self._length] = self._key_buffer[:, :, : self._length]
-            values[:, :, : self._length] = self._value_buffer[:, :, : self._length]
+            old_keys, old_values = self._buffers()
+            keys[:, :, : self._length] = old_keys[:, :, : self._length]
+            values[:, :, : self._length] = old_values[:, :, : self._length]
         self._key_buffer, self._value_buffer = keys, values
 
+    def _buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The key and value buffers, once allocated (they are always set together)."""
+        assert self._key_buffer is not None and self._value_buffer is not None
+        return self._key_buffer, self._value_buffer
+
     def _expose(self) -> None:
-        self.keys = self._key_buffer[:, :, : self._length]
-        self.values = self._value_buffer[:, :, : self._length]
+        key_buffer, value_buffer = self._buffers()
+        self.keys = key_buffer[:, :, : self._length]
+        self.values = value_buffer[:, :, : self._length]
 
     def get_seq_length(self) -> int:
         return self._length
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self._key_buffer is not None:
-            self._key_buffer = self._key_buffer[indices]
-            self._value_buffer = self._value_buffer[indices]
+            key_buffer, value_buffer = self._buffers()
+            self._key_buffer, self._value_buffer = key_buffer[indices], value_buffer[indices]
             self._expose()
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         if self._key_buffer is not None:
-            self._key_buffer = self._key_buffer.repeat_interleave(repeats, dim=0)
-            self._value_buffer = self._value_buffer.repeat_interleave(repeats, dim=0)
+            key_buffer, value_buffer = self._buffers()
+            self._key_buffer = key_buffer.repeat_interleave(repeats, dim=0)
+            self._value_buffer = value_buffer.repeat_interleave(repeats, dim=0)
             self._expose()
 
 

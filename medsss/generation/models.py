@@ -177,14 +177,16 @@ def tiny_llama_path(overrides: dict[str, Any] | None = None, seed: int = 0, toke
     if tokenizer not in ("bpe", "smollm2"):
         raise ValueError(f"model.tokenizer '{tokenizer}' must be 'bpe' or 'smollm2'")
     config_values = {**_TINY_DEFAULTS, **(overrides or {})}
-    digest = hashlib.sha1(json.dumps([config_values, seed, tokenizer, TINY_VOCAB], sort_keys=True).encode()).hexdigest()[:10]
+    key = json.dumps([config_values, seed, tokenizer, TINY_VOCAB], sort_keys=True)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     target = cache_root() / "models" / f"tiny-llama-{digest}"
 
     def build(out: Path) -> None:
         import torch
         from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-        tok = train_tiny_tokenizer() if tokenizer == "bpe" else AutoTokenizer.from_pretrained(embedded_smollm2_path())
+        tok = (train_tiny_tokenizer() if tokenizer == "bpe"
+               else AutoTokenizer.from_pretrained(embedded_smollm2_path()))
         config = LlamaConfig(
             vocab_size=len(tok),
             bos_token_id=tok.bos_token_id,

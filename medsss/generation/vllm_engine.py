@@ -12,9 +12,23 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, cast
 
-from medsss.generation.base import ChoiceTokens, Completion, GenerationRequest, GenerationStats, cut_at_stop
+from medsss.generation.base import (
+    ChoiceTokens,
+    Completion,
+    FinishReason,
+    GenerationRequest,
+    GenerationStats,
+    cut_at_stop,
+)
 from medsss.generation.models import ModelSpec
+
+if TYPE_CHECKING:
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+_Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 
 @dataclass
@@ -72,7 +86,12 @@ class VLLMBackend:
             from vllm.lora.request import LoRARequest
 
             self._lora = LoRARequest("policy", 1, model.adapter)
-        dtype = {"auto": "auto", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}[model.dtype]
+        dtypes: dict[str, _Dtype] = {"auto": "auto", "float32": "float32", "bfloat16": "bfloat16",
+                                     "float16": "float16"}
+        dtype = dtypes[model.dtype]
+        optional: dict[str, Any] = {k: v for k, v in (("enable_chunked_prefill", enable_chunked_prefill),
+                                                      ("max_num_batched_tokens", max_num_batched_tokens))
+                                    if v is not None}
         self.llm = LLM(
             model=path,
             tokenizer=path,
@@ -87,8 +106,7 @@ class VLLMBackend:
             trust_remote_code=model.trust_remote_code,
             enforce_eager=enforce_eager,
             seed=seed,
-            **{k: v for k, v in (("enable_chunked_prefill", enable_chunked_prefill),
-                                 ("max_num_batched_tokens", max_num_batched_tokens)) if v is not None},
+            **optional,
         )
         self.tokenizer = self.llm.get_tokenizer()
         self._choice_tokens = ChoiceTokens(self.tokenizer, model.id)
@@ -102,12 +120,14 @@ class VLLMBackend:
         key = tuple((m["role"], m["content"]) for m in request.messages)
         chat = self._chat_cache.get(key)
         if chat is None:
-            chat = self.tokenizer.apply_chat_template(list(request.messages), tokenize=False,
-                                                      add_generation_prompt=True)
+            # tokenize=False gives the text (the tokenizer's return type covers every mode)
+            chat = cast(str, self.tokenizer.apply_chat_template(list(request.messages), tokenize=False,
+                                                                add_generation_prompt=True))
             self._chat_cache[key] = chat
         return chat + request.prefill
 
-    def _prepared(self, requests: Sequence[GenerationRequest]) -> list[tuple[int, object, object]]:
+    def _prepared(self,
+                  requests: Sequence[GenerationRequest]) -> list[tuple[int, TokensPrompt, SamplingParams]]:
         """(request index, token prompt, sampling params), sorted so shared prefixes are adjacent."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -137,6 +157,7 @@ class VLLMBackend:
         cached = output.num_cached_tokens or 0
         completions = []
         for sample in output.outputs:
+            reason: FinishReason
             text, stopped = cut_at_stop(sample.text, request.stop)
             if request.choices:  # the one-token answer is complete by construction
                 text, reason = sample.text, "stop"
@@ -147,7 +168,8 @@ class VLLMBackend:
             else:
                 reason = "eos"
             completions.append(Completion(text=text, finish_reason=reason, prompt_tokens=prompt_tokens,
-                                          generated_tokens=len(sample.token_ids), cached_prompt_tokens=cached))
+                                          generated_tokens=len(sample.token_ids),
+                                          cached_prompt_tokens=cached))
         # Per request: the engine prefills a prompt once for all its n samples.
         self.stats.prompt_tokens += prompt_tokens
         self.stats.cached_prompt_tokens += cached
@@ -165,7 +187,7 @@ class VLLMBackend:
                                     lora_request=self._lora)
         elapsed = time.perf_counter() - started
         results: list[list[Completion]] = [[] for _ in requests]
-        for (i, _, _), output in zip(prepared, outputs):
+        for (i, _, _), output in zip(prepared, outputs, strict=True):
             results[i] = self._completions(requests[i], output)
         self.stats.calls += 1
         self.stats.requests += len(requests)
@@ -180,10 +202,10 @@ class VLLMBackend:
         prepared = self._prepared(requests)
         # enqueue adds the requests without running the engine (and withdraws them all if the
         # engine refuses one, a prompt over max_model_len say: the ticket fails alone).
-        ids = self.llm.enqueue([p for _, p, _ in prepared], [s for _, _, s in prepared], lora_request=self._lora,
-                               use_tqdm=False)
+        ids = self.llm.enqueue([p for _, p, _ in prepared], [s for _, _, s in prepared],
+                               lora_request=self._lora, use_tqdm=False)
         self._open[ticket] = _Ticket(requests, [None] * len(requests), len(requests))
-        for (index, _, _), request_id in zip(prepared, ids):
+        for (index, _, _), request_id in zip(prepared, ids, strict=True):
             # enqueue returns the engine's internal ids ("<counter>-<random suffix>"); outputs
             # carry the external one, the counter.
             self._request_ids[request_id.split("-")[0]] = (ticket, index)
@@ -212,7 +234,7 @@ class VLLMBackend:
                 ticket.remaining -= 1
                 if ticket.remaining == 0:
                     del self._open[ticket_id]
-                    finished.append((ticket_id, ticket.results))  # type: ignore[arg-type]
+                    finished.append((ticket_id, ticket.results))  # type: ignore[arg-type]  # no None left
         self.stats.generate_seconds += time.perf_counter() - started
         return finished
 
@@ -229,7 +251,8 @@ def _merged(base: str, adapter: str) -> str:
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter).merge_and_unload()
+        merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base),
+                                           adapter).merge_and_unload()
         merged.save_pretrained(target, safe_serialization=True)
         AutoTokenizer.from_pretrained(base).save_pretrained(target)
     return str(target)

@@ -67,7 +67,8 @@ def read_trees(sources: Iterable[str | Path]) -> Iterator[dict[str, Any]]:
             numbered = enumerate(read_jsonl(path), start=1)
         for number, record in numbered:
             if not isinstance(record, dict):
-                raise ValueError(f"{path}: record {number}: expected a JSON object, got {type(record).__name__}")
+                raise ValueError(f"{path}: record {number}: expected a JSON object, "
+                                 f"got {type(record).__name__}")
             yield {**record, SOURCE_KEY: f"{path}: record {number}"}
 
 
@@ -151,8 +152,8 @@ def _file_chains(record: dict[str, Any]) -> list[Chain]:
                     text, value = None, None
                 if not isinstance(text, str) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
                     raise ValueError(
-                        f"{where}: {label}[{number}] step {index}: expected [text, value in [0, 1], rollout score] "
-                        f"or {{'text', 'value'}}, got {str(step)[:80]}"
+                        f"{where}: {label}[{number}] step {index}: expected "
+                        f"[text, value in [0, 1], rollout score] or {{'text', 'value'}}, got {str(step)[:80]}"
                     )
                 steps.append(_STEP_PREFIX.sub("", text, count=1).strip())
                 values.append(float(value))
@@ -161,7 +162,8 @@ def _file_chains(record: dict[str, Any]) -> list[Chain]:
                 values.insert(0, values[0])
             out.append(Chain(
                 problem_id=problem_id, question=question, answer=answer, steps=steps, values=values,
-                rollouts=[0] * len(steps), kinds=(["root"] + ["reason"] * (len(steps) - 2) + ["finish"])[: len(steps)],
+                rollouts=[0] * len(steps),
+                kinds=(["root"] + ["reason"] * (len(steps) - 2) + ["finish"])[: len(steps)],
                 correct=label == "pos",
             ))
     return out

@@ -37,7 +37,7 @@ def prm_labels(
         return [1.0 if v > threshold else 0.0 for v in values[1:]]
     shaped = [
         min(1.0, max(0.0, current - factor * (previous - current)))
-        for previous, current in zip(values[:-1], values[1:])
+        for previous, current in zip(values[:-1], values[1:], strict=True)
     ]
     if not shape_step_one:
         shaped[0] = float(values[1])

@@ -55,7 +55,7 @@ def step_weights(chain: Chain, full_rollouts: int) -> list[float]:
     inherits the weight of the step it was copied from."""
     weights: list[float] = []
     inherited = 1.0
-    for kind, count in zip(chain.kinds, chain.rollouts):
+    for kind, count in zip(chain.kinds, chain.rollouts, strict=True):
         if kind == "finish":
             weight = 1.0
         elif count:

@@ -13,6 +13,7 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+from medsss.data.loaders import options_from_question
 from medsss.data.prompts import (
     FORCE_ANSWER_SUFFIX,
     REFLECT_OPENING,
@@ -22,7 +23,6 @@ from medsss.data.prompts import (
     step_prefix,
     truncate_at_step_marker,
 )
-from medsss.data.loaders import options_from_question
 from medsss.data.records import Problem
 from medsss.data.verify import extract_answer, is_correct
 from medsss.generation.base import Completion, GenerationRequest, Message
@@ -34,6 +34,7 @@ from medsss.search.uct import mark_completed, select_leaf
 Requests = list[GenerationRequest]
 Responses = list[list[Completion]]
 SearchProcess = Generator[Requests, Responses, "SearchResult"]
+SearchStep = Generator[Requests, Responses, None]  # one part of a search, delegated to with yield from
 
 
 
@@ -156,7 +157,7 @@ class TreeSearch:
             yield from self.post_process()
         return SearchResult(self.tree, stop_reason, self.iterations, self.summary())
 
-    def expand(self, leaf: Node, action: Action) -> SearchProcess:
+    def expand(self, leaf: Node, action: Action) -> SearchStep:
         if action is Action.FINISH:
             yield from self.finish([leaf])
             return
@@ -168,7 +169,7 @@ class TreeSearch:
             body = truncate_at_step_marker(completions[0].text).strip()
             texts = [REFLECT_OPENING + body if body else ""]  # an empty reflection is no step
         children = []
-        for text, completion in zip(self._distinct(texts), completions):
+        for text, completion in zip(self._distinct(texts), completions, strict=True):
             if not text:
                 continue
             reflection = action is Action.REFLECT
@@ -186,7 +187,7 @@ class TreeSearch:
             self._commit(child)
         self._settle_finishes(children)
 
-    def post_process(self) -> SearchProcess:
+    def post_process(self) -> SearchStep:
         """While too few correct leaves exist, finish open leaves by decreasing value."""
         cfg = self.config
         while True:
@@ -201,12 +202,12 @@ class TreeSearch:
 
     # -- actions -----------------------------------------------------------------------------
 
-    def finish(self, leaves: list[Node]) -> SearchProcess:
+    def finish(self, leaves: list[Node]) -> SearchStep:
         """Complete each leaf to an answer; the completion becomes a chain of new nodes."""
         requests = [self.completion_request(leaf, n=1, rollout=False) for leaf in leaves]
         completions = [row[0] for row in (yield requests)]
         texts = yield from self.force_answers(leaves, [c.text for c in completions])
-        for leaf, text, completion in zip(leaves, texts, completions):
+        for leaf, text, completion in zip(leaves, texts, completions, strict=True):
             steps = split_steps(text) or [text.strip()]
             answered = next((i for i, s in enumerate(steps) if extract_answer(s) is not None), len(steps) - 1)
             steps = steps[: answered + 1]
@@ -215,12 +216,13 @@ class TreeSearch:
                 # Split pieces carry the value they continue from and are not evaluated; the walk
                 # up from the finish node below them counts them like any ancestor.
                 parent = self.tree.add_child(parent, step, "reason", visits=1, value=leaf.value, split=True)
-            node = self.tree.add_child(parent, steps[-1], "finish", generated_tokens=completion.generated_tokens)
+            node = self.tree.add_child(parent, steps[-1], "finish",
+                                       generated_tokens=completion.generated_tokens)
             self._score_finish(node)
             self._commit(node)
             self._settle_finishes([node])
 
-    def evaluate(self, nodes: list[Node]) -> SearchProcess:
+    def evaluate(self, nodes: list[Node]) -> SearchStep:
         """Value new nodes: a stated answer is worth 1 or 0, anything else its rollout accuracy.
 
         Visits are left at 0: each node is counted when it is back-propagated (``_commit``), so the
@@ -237,16 +239,17 @@ class TreeSearch:
             return
         requests = [
             self.completion_request(
-                node, n=rollout_count(node.depth, self.config.simulations, self.config.min_rollouts), rollout=True
+                node, n=rollout_count(node.depth, self.config.simulations, self.config.min_rollouts),
+                rollout=True,
             )
             for node in open_nodes
         ]
         responses = yield requests
-        flat_nodes = [node for node, row in zip(open_nodes, responses) for _ in row]
+        flat_nodes = [node for node, row in zip(open_nodes, responses, strict=True) for _ in row]
         flat_texts = [c.text for row in responses for c in row]
         forced = yield from self.force_answers(flat_nodes, flat_texts)
         cursor = 0
-        for node, row in zip(open_nodes, responses):
+        for node, row in zip(open_nodes, responses, strict=True):
             outcomes = forced[cursor : cursor + len(row)]
             cursor += len(row)
             node.rollout_total = len(outcomes)
@@ -275,11 +278,12 @@ class TreeSearch:
                                             max_tokens=1, choices=self.answer_choices, seed=seed)
             else:
                 request = GenerationRequest(messages=self.messages, prefill=prefill, n=1, temperature=0.0,
-                                            max_tokens=self.config.force_answer_tokens, stop=("\n",), seed=seed)
+                                            max_tokens=self.config.force_answer_tokens, stop=("\n",),
+                                            seed=seed)
             requests.append(request)
         responses = yield requests
         texts = list(texts)
-        for i, row in zip(missing, responses):
+        for i, row in zip(missing, responses, strict=True):
             forced = f" {row[0].text.strip()}." if self.answer_choices else row[0].text.rstrip()
             texts[i] = texts[i].strip() + FORCE_ANSWER_SUFFIX + forced
             if extract_answer(texts[i]) is None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from medsss.data.records import Problem
 from medsss.generation.base import Backend, GenerationRequest, StreamingBackend
-from medsss.search.mcts import Requests, SearchProcess, SearchResult
+from medsss.search.mcts import Requests, Responses, SearchProcess, SearchResult
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,9 @@ def run_searches(
     searches = _started(problems, start_search, on_failed)
     live: list[_Live] = []
 
-    def advance(problem: Problem, process: SearchProcess, reply: object) -> None:
+    def advance(problem: Problem, process: SearchProcess, reply: Responses | None) -> None:
         try:
-            requests = process.send(reply)  # type: ignore[arg-type]
+            requests = process.send(reply)  # type: ignore[arg-type]  # send(None) starts a search
         except StopIteration as stop:
             on_done(problem, stop.value)
         except Exception as error:  # one bad problem never stops the run
@@ -89,7 +89,7 @@ def run_searches(
         if not live:
             return
         ticking, live = _short_first(live)
-        for item, replies in zip(ticking, _generate_isolated(backend, ticking)):
+        for item, replies in zip(ticking, _generate_isolated(backend, ticking), strict=True):
             if isinstance(replies, str):
                 on_failed(item.problem, replies)
                 item.process.close()
@@ -116,10 +116,10 @@ def _short_first(live: list[_Live]) -> tuple[list[_Live], list[_Live]]:
     """
     horizons = [_horizon(item) for item in live]
     longest = max(horizons, default=0)
-    short = [item for item, h in zip(live, horizons) if h * 2 <= longest]
+    short = [item for item, h in zip(live, horizons, strict=True) if h * 2 <= longest]
     if not short:
         return live, []
-    return short, [item for item, h in zip(live, horizons) if h * 2 > longest]
+    return short, [item for item, h in zip(live, horizons, strict=True) if h * 2 > longest]
 
 
 def _run_streaming(
@@ -134,9 +134,9 @@ def _run_streaming(
     searches = _started(problems, start_search, on_failed)
     in_flight: dict[int, _Live] = {}
 
-    def advance(problem: Problem, process: SearchProcess, reply: object) -> None:
+    def advance(problem: Problem, process: SearchProcess, reply: Responses | None) -> None:
         try:
-            requests = process.send(reply)  # type: ignore[arg-type]
+            requests = process.send(reply)  # type: ignore[arg-type]  # send(None) starts a search
             while not requests:  # nothing to generate: answer at once
                 requests = process.send([])
         except StopIteration as stop:

@@ -6,7 +6,7 @@ import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -45,6 +45,7 @@ def instantiate_callbacks(group: DictConfig | None, run_dir: Path) -> list[Any]:
 def tracked_stage(cfg: DictConfig, run_dir: Path) -> Iterator[RunLoggers]:
     """The stage's loggers with its resolved config logged; finalized when the stage ends, as
     failed when it raised."""
-    config = OmegaConf.to_container(cfg, resolve=True)
+    # A DictConfig converts to a dict (OmegaConf's return type covers lists and values too).
+    config = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     with tracked_run(instantiate_loggers(cfg.get("logger"), run_dir), config) as run:
         yield run

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         return _evaluate(cfg, run_dir, tracking, started)
 
 
+def _advance(progress: tqdm, item: dict[str, Any]) -> None:
+    progress.update(1)
+
+
 def _evaluate(cfg: DictConfig, run_dir: Path, tracking: RunLoggers, started: float) -> dict[str, Any]:
     stage = cfg.stage
     policy_prompt, prm_prompt = system_prompts(cfg)
@@ -76,18 +81,20 @@ def _evaluate(cfg: DictConfig, run_dir: Path, tracking: RunLoggers, started: flo
 
     evaluations: list[BenchmarkEvaluation] = []
     for entry in cfg.suite.benchmarks:
-        spec = DataSpec(name=entry.name, format=entry.format, path=str(entry.path),
+        path = str(entry.path)
+        spec = DataSpec(name=entry.name, format=entry.format, path=path,
                         limit=stage.limit, skip_invalid=stage.skip_invalid)
-        if not Path(spec.path).exists():
-            log.warning("benchmark %s: %s not found, skipped", entry.name, spec.path)
+        if not Path(path).exists():
+            log.warning("benchmark %s: %s not found, skipped", entry.name, path)
             continue
         problems = load_problems(spec).problems
         if not problems:
             log.warning("benchmark %s: no items (stage.limit=%s), skipped", entry.name, stage.limit)
             continue
         progress = tqdm(total=len(problems), desc=entry.name, unit="item", dynamic_ncols=True)
-        evaluations.append(evaluate_benchmark(entry.name, problems, backend, scorer.score_chains if scorer else None,
-                                              settings, decode, run_dir, on_item=lambda _: progress.update(1)))
+        evaluations.append(evaluate_benchmark(entry.name, problems, backend,
+                                              scorer.score_chains if scorer else None, settings, decode,
+                                              run_dir, on_item=partial(_advance, progress)))
         progress.close()
 
     if not evaluations:

@@ -37,7 +37,8 @@ from medsss.training.models import (
 def _sources(cfg: DictConfig) -> list[str]:
     trees = cfg.data.get("trees")
     if trees is None:
-        raise ValueError("training stages read stored trees: set data.trees=<synthesis run dir or trees.jsonl>")
+        raise ValueError("training stages read stored trees: "
+                         "set data.trees=<synthesis run dir or trees.jsonl>")
     return [str(t) for t in trees] if OmegaConf.is_list(trees) else [str(trees)]
 
 
@@ -50,8 +51,9 @@ def model_settings(cfg: DictConfig) -> TrainingModelSettings:
         device=training_device(str(cfg.trainer.get("accelerator", "cpu"))),
         gradient_checkpointing=stage.gradient_checkpointing,
         release_memory_every=stage.get("release_memory_every"),
-        lora=LoraSettings(lora.r, lora.alpha, lora.dropout,
-                          tuple(targets) if OmegaConf.is_list(targets) else targets) if lora.enabled else None,
+        lora=(LoraSettings(lora.r, lora.alpha, lora.dropout,
+                           tuple(targets) if OmegaConf.is_list(targets) else targets)
+              if lora.enabled else None),
     )
 
 
@@ -75,8 +77,9 @@ def checkpoint_above_tokens(cfg: DictConfig) -> int | None:
 def _batching(cfg: DictConfig):
     from medsss.training.examples import Batching
 
-    return Batching(max_batch_tokens=cfg.stage.get("max_batch_tokens"), batch_size=cfg.stage.get("batch_size"),
-                    length_group=cfg.stage.length_group, seed=cfg.seed)
+    return Batching(max_batch_tokens=cfg.stage.get("max_batch_tokens"),
+                    batch_size=cfg.stage.get("batch_size"), length_group=cfg.stage.length_group,
+                    seed=cfg.seed)
 
 
 def _optimization(cfg: DictConfig) -> dict[str, Any]:
@@ -135,7 +138,8 @@ def run_prm(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                         weight_rollouts=labels.weight_rollouts,
                         shape_step_one=labels.get("shape_step_one", False))
         if not rows:
-            raise ValueError(f"no labelled chains in {_sources(cfg)} (labels.require_both={labels.require_both})")
+            raise ValueError(f"no labelled chains in {_sources(cfg)} "
+                             f"(labels.require_both={labels.require_both})")
         write_jsonl(run_dir / "prm.jsonl", rows)
         train_rows, val_rows = split_by_problem(rows, cfg.stage.val_fraction)
         model_spec = instantiate(cfg.model)
@@ -159,7 +163,8 @@ def _fit(cfg: DictConfig, run_dir: Path, tracking: RunLoggers, module, data, sta
     callbacks = [*instantiate_callbacks(cfg.stage.get("callbacks"), run_dir), start]
     trainer = instantiate(cfg.trainer, default_root_dir=str(run_dir), callbacks=callbacks,
                           logger=tracking.loggers or False)
-    ckpt_path = resolve_ckpt_path(cfg.stage.ckpt_path, checkpoint_directory(callbacks, run_dir / "checkpoints"))
+    ckpt_path = resolve_ckpt_path(cfg.stage.ckpt_path,
+                                  checkpoint_directory(callbacks, run_dir / "checkpoints"))
     trainer.fit(module, data, ckpt_path=ckpt_path)
     metrics = {
         "stage": cfg.stage.name,

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 def binary_auroc(scores: Sequence[float], targets: Sequence[int]) -> float | None:
     """Area under the ROC curve: the chance a random positive outscores a random negative (ties
     count half). None when one class is absent."""
-    pairs = sorted(zip(scores, targets))
+    pairs = sorted(zip(scores, targets, strict=True))
     positives = sum(1 for _, t in pairs if t)
     negatives = len(pairs) - positives
     if not positives or not negatives:

@@ -72,6 +72,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         if self.batch_size is not None:
             rows = self.batch_size
         else:
+            assert self.max_tokens is not None  # __init__ requires max_tokens or batch_size
             mean = sum(self.lengths) / max(1, len(self.lengths))
             rows = max(1, int(self.max_tokens // max(1.0, mean)))
         return self.group * rows

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from medsss.training.batching import LengthGroupedBatchSampler, budget_batches
 
@@ -47,7 +47,7 @@ class ItemsDataModule(L.LightningDataModule):
         sampler = LengthGroupedBatchSampler([self.length(x) for x in self.train_items], self.batch_size,
                                             self.group, self.seed, num_replicas=world, rank=rank,
                                             max_tokens=self.max_tokens)
-        return DataLoader(self.train_items, batch_sampler=sampler, collate_fn=self.collate)
+        return DataLoader(_dataset(self.train_items), batch_sampler=sampler, collate_fn=self.collate)
 
     def val_dataloader(self) -> DataLoader:
         world, rank = self._replicas()
@@ -55,4 +55,10 @@ class ItemsDataModule(L.LightningDataModule):
         lengths = [self.length(x) for x in items]
         longest_first = sorted(range(len(items)), key=lambda i: lengths[i], reverse=True)
         batches = budget_batches(longest_first, lengths, self.max_tokens, self.batch_size)
-        return DataLoader(items, batch_sampler=batches, collate_fn=self.collate)
+        return DataLoader(_dataset(items), batch_sampler=batches, collate_fn=self.collate)
+
+
+def _dataset(items: list[Any]) -> Dataset[Any]:
+    # A list is a map-style dataset (__getitem__ and __len__), which DataLoader takes as it is;
+    # torch's annotation asks for the Dataset class.
+    return cast("Dataset[Any]", items)

@@ -41,11 +41,13 @@ def split_by_problem(rows: list[dict[str, Any]], fraction: float) -> tuple[list,
 
 def _datamodule(train: list, val: list, collate, length, batching: Batching) -> ItemsDataModule:
     return ItemsDataModule(train, val, collate, length, batch_size=batching.batch_size,
-                           group=batching.length_group, seed=batching.seed, max_tokens=batching.max_batch_tokens)
+                           group=batching.length_group, seed=batching.seed,
+                           max_tokens=batching.max_batch_tokens)
 
 
 def sft_datamodule(train_rows: Sequence[dict[str, Any]], val_rows: Sequence[dict[str, Any]], tokenizer: Any,
-                   pad_id: int, system_prompt: str | None, max_length: int, batching: Batching) -> ItemsDataModule:
+                   pad_id: int, system_prompt: str | None, max_length: int,
+                   batching: Batching) -> ItemsDataModule:
     """SFT rows (question, steps) as chat-formatted items whose loss covers the response only."""
 
     def items(rows: Sequence[dict[str, Any]]) -> list:
@@ -60,13 +62,14 @@ def prm_datamodule(train_rows: Sequence[dict[str, Any]], val_rows: Sequence[dict
     """PRM rows (question, steps, labels, optional weights) as items scored at each step's end."""
 
     def items(rows: Sequence[dict[str, Any]]) -> list:
-        return [(prm_inputs(tokenizer, r["question"], r["steps"], system_prompt), r["labels"], r.get("weights"))
-                for r in rows]
+        return [(prm_inputs(tokenizer, r["question"], r["steps"], system_prompt), r["labels"],
+                 r.get("weights")) for r in rows]
 
     def collate(batch: list) -> dict:
         weights = [w for *_, w in batch]
         # A batch is weighted only when every row has weights (weight_rollouts is all or nothing).
-        return collate_prm([i for i, *_ in batch], pad_id, labels=[l for _, l, _ in batch],
+        return collate_prm([i for i, *_ in batch], pad_id, labels=[label for _, label, _ in batch],
                            weights=weights if all(w is not None for w in weights) else None)
 
-    return _datamodule(items(train_rows), items(val_rows), collate, lambda item: len(item[0].input_ids), batching)
+    return _datamodule(items(train_rows), items(val_rows), collate, lambda item: len(item[0].input_ids),
+                       batching)

@@ -13,6 +13,7 @@ def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modu
     linear layer (the paper's PRM setting)."""
     from peft import LoraConfig, get_peft_model
 
-    targets = target_modules if isinstance(target_modules, str) else list(target_modules)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type=task_type)
+    targets: str | list[str] = target_modules if isinstance(target_modules, str) else list(target_modules)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                        task_type=task_type)
     return get_peft_model(model, config)

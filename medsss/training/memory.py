@@ -17,8 +17,12 @@ import ctypes
 import ctypes.util
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers.modeling_layers import GradientCheckpointingLayer
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,7 @@ def _malloc_trim() -> Callable[[], None] | None:
     return lambda: trim(0)
 
 
-def decoder_layers(model: nn.Module) -> list[nn.Module]:
+def decoder_layers(model: nn.Module) -> list[GradientCheckpointingLayer]:
     """The repeated blocks of a Hugging Face model (the modules gradient checkpointing wraps)."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 

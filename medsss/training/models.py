@@ -12,6 +12,7 @@ from torch import nn
 
 from medsss.generation.hf import resolve_dtype
 
+
 @dataclass(frozen=True)
 class LoraSettings:
     r: int
@@ -26,10 +27,11 @@ class TrainingModelSettings:
 
     ``dtype``: float32 | bfloat16 | auto (bfloat16 on CUDA, float32 on CPU, by
     :func:`medsss.generation.hf.resolve_dtype`; the policy's CPU probe times decode steps, which
-    say nothing of training's full sequences and backward pass). ``gradient_checkpointing``: true (every batch), false
-    (none) or ``auto`` (the layers are prepared; the module switches it per batch, see
-    :func:`checkpoint_above_tokens`). ``release_memory_every``: on CPU, hand freed heap memory back
-    to the OS before every n-th decoder layer (None: never). ``lora``: None trains every weight.
+    say nothing of training's full sequences and backward pass). ``gradient_checkpointing``: true
+    (every batch), false (none) or ``auto`` (the layers are prepared; the module switches it per
+    batch, see :func:`checkpoint_above_tokens`). ``release_memory_every``: on CPU, hand freed heap
+    memory back to the OS before every n-th decoder layer (None: never). ``lora``: None trains every
+    weight.
     """
 
     dtype: str = "float32"
@@ -43,8 +45,16 @@ class TrainingModelSettings:
         if not (value is True or value is False or value == "auto"):
             raise ValueError(f"stage.gradient_checkpointing must be true, false or auto, not {value!r}")
 
-    @property
-    def torch_dtype(self) -> torch.dtype:
+    def torch_dtype(self, model: str | None = None) -> torch.dtype:
+        """The dtype to load ``model`` (a folder) in. ``auto``: bfloat16 on CUDA; on CPU with LoRA,
+        the faster of bfloat16 and float32 for a training step of this model on this machine (the
+        dtype probe, cached per machine like the policy's); float32 on CPU without LoRA, because
+        AdamW updates to bfloat16 weights are lost below bfloat16's precision (with LoRA only the
+        frozen base is bfloat16: peft keeps the adapters, and the PRM head stays, in float32)."""
+        if self.dtype == "auto" and self.device == "cpu" and self.lora is not None and model is not None:
+            from medsss.generation.dtype import choose_dtype
+
+            return choose_dtype(model, "cpu", "auto", workload="train")
         return resolve_dtype(str(self.dtype), self.device)
 
 
@@ -67,12 +77,13 @@ def checkpoint_above_tokens(gradient_checkpointing: bool | str, max_batch_tokens
     return max_batch_tokens or 0
 
 
-def trainable_policy(path: str, settings: TrainingModelSettings, trust_remote_code: bool = False) -> nn.Module:
+def trainable_policy(path: str, settings: TrainingModelSettings,
+                     trust_remote_code: bool = False) -> nn.Module:
     """The causal LM SFT trains: its dtype, LoRA, and its layers prepared for gradient
     checkpointing unless ``gradient_checkpointing=false``."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=settings.torch_dtype,
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=settings.torch_dtype(path),
                                                  trust_remote_code=trust_remote_code)
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -85,7 +96,7 @@ def trainable_reward_model(path: str, settings: TrainingModelSettings, trust_rem
     dtype, gradient checkpointing and LoRA (on the body) as for the policy."""
     from medsss.training.prm_model import ProcessRewardModel
 
-    model = ProcessRewardModel.from_causal_lm(path, settings.torch_dtype, trust_remote_code)
+    model = ProcessRewardModel.from_causal_lm(path, settings.torch_dtype(path), trust_remote_code)
     if settings.gradient_checkpointing:
         model.body.gradient_checkpointing_enable()
     _release_memory(model.body, settings)
@@ -119,7 +130,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> tuple[Any, int
     return tokenizer, pad
 
 
-def save_policy(model: nn.Module, tokenizer: Any, out: Path, merge: bool) -> None:
+def save_policy(model: Any, tokenizer: Any, out: Path, merge: bool) -> None:
     """The adapter (or full weights) in Hugging Face format, plus a merged model on request: the
     generation backend loads ``final/merged`` (or ``final``) as the next round's policy."""
     model.save_pretrained(out, safe_serialization=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
+from typing import Any
 
 import lightning as L
 import torch
@@ -91,7 +92,8 @@ class _Trainable(L.LightningModule):
 def causal_lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     """The decoder body and the LM head of a (possibly peft-wrapped) Hugging Face causal LM, or
     None when its logits are not simply ``head(body(...))``."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hf: Any = model  # a Hugging Face model or peft's wrapper: these methods are theirs, not nn.Module's
+    lm = hf.get_base_model() if hasattr(hf, "get_base_model") else hf
     body = getattr(lm, "base_model", None)
     head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
     config = getattr(lm, "config", None)
@@ -187,7 +189,8 @@ class PRMModule(_Trainable):
 
     def on_validation_epoch_end(self) -> None:
         if self._scores:
-            accuracy = sum((s >= 0.5) == bool(t) for s, t in zip(self._scores, self._targets)) / len(self._scores)
+            pairs = zip(self._scores, self._targets, strict=True)
+            accuracy = sum((s >= 0.5) == bool(t) for s, t in pairs) / len(self._scores)
             self.log("val/step_accuracy", accuracy)
             auroc = binary_auroc(self._scores, self._targets)
             if auroc is not None:

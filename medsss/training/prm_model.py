@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,7 +25,8 @@ HEAD_FILE = "value_head.safetensors"
 class ProcessRewardModel(nn.Module):
     def __init__(self, body: nn.Module, hidden_size: int) -> None:
         super().__init__()
-        self.body = body
+        # A Hugging Face model or peft's wrapper of one: save_pretrained is theirs, not nn.Module's.
+        self.body: Any = body
         self.head = nn.Linear(hidden_size, 1)
 
     @classmethod
@@ -42,8 +44,9 @@ class ProcessRewardModel(nn.Module):
         else:
             body = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
             hidden = body.config.hidden_size
+        # The head stays float32 whatever the body's dtype: it is trained in full (AdamW updates to
+        # bfloat16 weights are lost below its precision) and is a single row of weights.
         model = cls(body, hidden)
-        model.head.to(dtype)
         head = Path(path) / HEAD_FILE
         if head.exists():
             from safetensors.torch import load_file
@@ -55,7 +58,7 @@ class ProcessRewardModel(nn.Module):
         # No KV cache: nothing decodes after this forward, and the cache would hold every layer's keys.
         output = self.body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         hidden = output.last_hidden_state
-        return self.head(hidden).squeeze(-1)
+        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
 
     def step_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     score_positions: torch.Tensor) -> torch.Tensor:
@@ -78,7 +81,8 @@ def soft_bce(step_logits: torch.Tensor, labels: torch.Tensor, score_positions: t
     mask = (score_positions >= 0).float()
     if weights is not None:
         mask = mask * weights
-    losses = nn.functional.binary_cross_entropy_with_logits(step_logits.float(), labels.float(), reduction="none")
+    losses = nn.functional.binary_cross_entropy_with_logits(step_logits.float(), labels.float(),
+                                                            reduction="none")
     return (losses * mask).sum() / mask.sum().clamp(min=1e-8)
 
 
@@ -89,7 +93,8 @@ class PRMScorer:
                  device: str = "cpu", batch_size: int = 16) -> None:
         if layout not in ("scalar", "token_classifier"):
             raise ValueError(f"PRM layout '{layout}' must be 'scalar' or 'token_classifier'")
-        self.model = model.to(device).eval()
+        # A ProcessRewardModel (layout scalar) or a Hugging Face token classifier (token_classifier).
+        self.model: Any = model.to(device).eval()
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt
         self.layout = layout
@@ -112,7 +117,7 @@ class PRMScorer:
             chunk = items[start : start + self.batch_size]
             batch = {k: v.to(self.device) for k, v in collate_prm(chunk, self._pad_id()).items()}
             probabilities = self._step_probabilities(batch)
-            for item, row in zip(chunk, probabilities.tolist()):
+            for item, row in zip(chunk, probabilities.tolist(), strict=True):
                 scores.append(row[: len(item.score_positions)])
         return scores
 

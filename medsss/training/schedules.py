@@ -31,4 +31,5 @@ def warmup_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_
         raise ValueError(f"schedule '{schedule}' must be 'cosine' or 'constant'")
     total = max(1, int(total_steps))
     warmup = int(warmup_ratio * total)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup, schedule))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                             lambda step: warmup_cosine(step, total, warmup, schedule))
