@@ -34,6 +34,8 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from medsss.search.mcts import SearchConfig
+
 # --------------------------------------------------------------------------------------------
 # root: prompt and paths
 
@@ -265,33 +267,11 @@ class TreesDataSchema:
 
 
 @dataclass
-class SearchSchema:
+class SearchSchema(SearchConfig):
+    """SearchConfig's own fields and types (one definition of the search constants), plus the
+    instantiation target and the seed interpolation."""
+
     _target_: str = "medsss.search.mcts.SearchConfig"
-    width: int = 3
-    simulations: int = 20
-    min_rollouts: int = 5
-    exploration: float = 2.0
-    unvisited_ucb: float = 5.0
-    bear_ratio: float = 0.9
-    low_gate: float = 0.5
-    refine_limit: int = 1
-    correct_nodes: int = 4
-    max_nodes: int = 60
-    split_nodes_use_budget: bool = False
-    max_depth: int | None = None
-    backprop: str = "comp"
-    post_process: bool = True
-    dedupe_siblings: bool = True
-    step_temperature: float = 1.0
-    step_top_p: float = 0.95
-    rollout_temperature: float = 0.6
-    rollout_top_p: float = 0.9
-    max_step_tokens: int = 256
-    max_rollout_tokens: int = 1024
-    max_finish_tokens: int = 1024
-    force_answer_tokens: int = 8
-    keep_rollout_texts: bool = False
-    concurrent_trees: int = 16
     seed: int = "${seed}"  # type: ignore[assignment]  # an interpolation of an int
 
 

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from medsss import io
+
 log = logging.getLogger(__name__)
 
 TREES_FILE = "trees.jsonl"
@@ -32,26 +34,11 @@ def config_hash(values: dict[str, Any]) -> str:
 
 
 def read_jsonl(path: Path, repair_tail: bool = False) -> Iterator[dict[str, Any]]:
-    """Records of a JSONL file. A bad line is an error naming the file and line, except a torn
-    final line, which ``repair_tail`` cuts off (it is the record that was being written)."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    complete, tail = lines[:-1], lines[-1]
-    if tail.strip():
-        if not repair_tail:
-            raise StoreError(f"{path}: line {len(lines)}: record not terminated (torn write)")
-        log.warning("%s: dropping a torn final record (%d bytes) left by an interrupted run", path, len(tail))
-        with open(path, "r+b") as handle:
-            handle.truncate(len(data) - len(tail))
-    for number, line in enumerate(complete, start=1):
-        if not line.strip():
-            continue
-        try:
-            yield json.loads(line)
-        except json.JSONDecodeError as error:
-            raise StoreError(f"{path}: line {number}: not valid JSON ({error.msg})") from None
+    """Records of a JSONL file (:func:`medsss.io.read_jsonl`), its errors as :class:`StoreError`."""
+    try:
+        yield from io.read_jsonl(path, repair_tail=repair_tail)
+    except io.JSONLError as error:
+        raise StoreError(str(error)) from None
 
 
 def _append_line(path: Path, record: dict[str, Any]) -> None:
