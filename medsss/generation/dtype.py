@@ -26,9 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -39,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from medsss.generation.models import _TINY_DEFAULTS, TINY, TINY_VOCAB, cache_root
+from medsss.io import atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -308,14 +307,8 @@ def _write_cache_entry(path: Path, machine: str, shape_key: str, entry: dict[str
     path.parent.mkdir(parents=True, exist_ok=True)
     data = _read_cache(path)
     data.setdefault(machine, {})[shape_key] = entry
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as handle:
+        json.dump(data, handle, indent=1, sort_keys=True)
 
 
 # -- the choice -----------------------------------------------------------------------------------

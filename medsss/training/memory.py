@@ -17,7 +17,7 @@ import ctypes
 import ctypes.util
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -70,11 +70,17 @@ def release_memory_every(model: nn.Module, layers: int | None,
     return len(chosen)
 
 
+def checkpointable_layers(model: nn.Module) -> list[Any]:  # transformers layers, duck-typed
+    """The decoder layers that ``gradient_checkpointing_enable`` prepared (they can switch
+    checkpointing per forward pass)."""
+    return [layer for layer in decoder_layers(model)
+            if getattr(layer, "_gradient_checkpointing_func", None) is not None]
+
+
 def set_layer_checkpointing(model: nn.Module, enabled: bool) -> int:
     """Switch gradient checkpointing of the decoder layers that ``gradient_checkpointing_enable``
     prepared, for the next forward passes; returns how many layers were switched."""
-    prepared = [layer for layer in decoder_layers(model)
-                if getattr(layer, "_gradient_checkpointing_func", None) is not None]
+    prepared = checkpointable_layers(model)
     for layer in prepared:
         layer.gradient_checkpointing = enabled
     return len(prepared)

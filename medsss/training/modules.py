@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from medsss.training.auroc import binary_auroc
-from medsss.training.memory import set_layer_checkpointing
+from medsss.training.memory import checkpointable_layers
 from medsss.training.prm_model import ProcessRewardModel, soft_bce
 from medsss.training.schedules import warmup_scheduler
 from medsss.training.sft_inputs import IGNORE
@@ -51,6 +51,7 @@ class _Trainable(L.LightningModule):
         super().__init__()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.checkpoint_above_tokens = checkpoint_above_tokens
+        self._checkpointable: list[Any] | None = None  # decoder layers switched per batch
         self.checkpointed_batches = 0
         self._batch_started = 0.0
         self.train_tokens, self.train_seconds = 0, 0.0
@@ -70,7 +71,11 @@ class _Trainable(L.LightningModule):
         if self.checkpoint_above_tokens is not None:
             # Recomputing activations costs time; only batches too big to keep them pay it.
             checkpoint_this = batch["attention_mask"].numel() > self.checkpoint_above_tokens
-            if set_layer_checkpointing(self, checkpoint_this) and checkpoint_this:
+            if self._checkpointable is None:  # found once: walking every module each step costs
+                self._checkpointable = checkpointable_layers(self)
+            for layer in self._checkpointable:
+                layer.gradient_checkpointing = checkpoint_this
+            if self._checkpointable and checkpoint_this:
                 self.checkpointed_batches += 1
         self._batch_started = time.perf_counter()
 
