@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 RUN_ARGS ?= data.limit=6
 PYTEST_ARGS ?=
 
-.PHONY: install run lint test test-fast bench clean
+.PHONY: install run lint test test-fast bench browser-deps clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,16 @@ test-fast: install lint
 
 bench: install
 	$(PY) benchmarks/scheduler_speed.py
+
+# What the browser test of the tree viewer (tests/test_viewer.py, skipped without them) needs:
+# Debian's Chromium (apt, as root) and Playwright to drive it. Never `playwright install`: its
+# browser download is not needed and cannot work offline.
+browser-deps: install
+	@if [ -x /usr/bin/chromium ]; then echo "chromium: /usr/bin/chromium"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else echo "install Chromium as root (apt-get install chromium) or set MEDSSS_CHROMIUM to its path"; exit 1; fi
+	$(PY) -m pip install --quiet -c constraints.txt playwright
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache .mypy_cache .ruff_cache

@@ -67,6 +67,67 @@ class SynthesizeStageSchema:
 
 
 @dataclass
+class ViewStageSchema:
+    name: str = "view"
+    runs: Any = MISSING  # a synthesis run dir or trees.jsonl, or a list of them (shown side by side)
+    labels: list[str] | None = None
+    out: str | None = None
+    limit: int | None = None
+    title: str = "medsss search trees"
+    objective: str | None = None
+
+
+@dataclass
+class MergeStageSchema:
+    name: str = "merge"
+    runs: list[str] = MISSING  # the shards' synthesis run dirs
+    objective: str | None = None
+
+
+@dataclass
+class PassRateBandSchema:
+    low: float = 0.0
+    high: float = 0.125
+
+
+@dataclass
+class CurriculumStageSchema:
+    name: str = "curriculum"
+    k: int = 8
+    band: PassRateBandSchema = field(default_factory=PassRateBandSchema)
+    floor_per_source: int = 2
+    max_per_source: int | None = None
+    objective: str | None = None
+
+
+@dataclass
+class EvolveOverridesSchema:
+    all: list[str] = field(default_factory=list)
+    curriculum: list[str] = field(default_factory=list)
+    synthesize: list[str] = field(default_factory=list)
+    sft: list[str] = field(default_factory=list)
+    dpo: list[str] = field(default_factory=list)
+    prm: list[str] = field(default_factory=list)
+    evaluate: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EvolveStageSchema:
+    name: str = "evolve"
+    rounds: int = 2
+    curriculum: bool = False
+    dpo: bool = False
+    evaluate: bool = True
+    evaluate_before: bool = False
+    accumulate: bool = False
+    handoff: str = "auto"
+    isolation: str = "subprocess"
+    on_config_change: str = "error"
+    overrides: EvolveOverridesSchema = field(default_factory=EvolveOverridesSchema)
+    objective: str | None = None
+
+
+@dataclass
 class EvaluatePRMSchema:
     path: str | None = None
     layout: str = "scalar"
@@ -75,6 +136,7 @@ class EvaluatePRMSchema:
     system_prompt: str | None = "${prompt.system}"
     batch_size: int = 16
     dtype: str = "float32"
+    penalty_scale: float | None = None  # a dual-head PRM's lambda (null: as saved with it)
 
 
 @dataclass
@@ -125,6 +187,14 @@ class LabelsSchema:
 
 
 @dataclass
+class DualHeadSchema:
+    """The dual-sided PRM's settings (used with ``stage.head=dual``)."""
+
+    penalty_weight: float = 0.3  # alpha: loss = value BCE + alpha * penalty BCE
+    penalty_scale: float = 0.5  # lambda: score = clip(p_value - lambda * p_penalty, 0, 1)
+
+
+@dataclass
 class TrainStageSchema:
     """What sft and prm share. ``optim`` and ``callbacks`` are filled by their groups (mounted at
     stage.optim and stage.callbacks), which bring their own schemas."""
@@ -154,10 +224,20 @@ class SFTStageSchema(TrainStageSchema):
 
 
 @dataclass
+class DPOStageSchema(TrainStageSchema):
+    name: str = "dpo"
+    margin: float = 0.8
+    beta: float = 0.1
+    max_length: int = 2048
+
+
+@dataclass
 class PRMStageSchema(TrainStageSchema):
     name: str = "prm"
     labels: LabelsSchema = field(default_factory=LabelsSchema)
     lora: LoraSchema = field(default_factory=lambda: LoraSchema(r=32, alpha=64))
+    head: str = "single"  # single | dual (the dual-sided PRM)
+    dual: DualHeadSchema = field(default_factory=DualHeadSchema)
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,7 +448,7 @@ class ModelCheckpointSchema:
     dirpath: str | None = "checkpoints"
     every_n_train_steps: int | None = "${stage.checkpoint_every}"  # type: ignore[assignment]  # interpolation
     save_last: Any = True  # bool or "link"
-    save_top_k: int = -1
+    save_top_k: int = 1
 
 
 @dataclass
@@ -424,7 +504,12 @@ SCHEMAS: tuple[tuple[str, str, type], ...] = (
     ("stage", "synthesize", SynthesizeStageSchema),
     ("stage", "sft", SFTStageSchema),
     ("stage", "prm", PRMStageSchema),
+    ("stage", "dpo", DPOStageSchema),
     ("stage", "evaluate", EvaluateStageSchema),
+    ("stage", "curriculum", CurriculumStageSchema),
+    ("stage", "evolve", EvolveStageSchema),
+    ("stage", "view", ViewStageSchema),
+    ("stage", "merge", MergeStageSchema),
     ("model", "base", ModelSchema),
     ("model", "adapter", AdapterModelSchema),
     ("model", "tiny", TinyModelSchema),

@@ -19,15 +19,17 @@ from omegaconf import DictConfig
 
 from medsss.config_schema import check_config, register_configs
 from medsss.hardware import configure_threads, parallel_jobs
+from medsss.runlock import is_distributed_worker, run_lock
 
 log = logging.getLogger("medsss")
 
 
 def _stages() -> dict[str, Callable[[DictConfig, Path], dict[str, Any]]]:
-    from medsss.stages import evaluate, synthesize, train
+    from medsss.stages import curriculum, evaluate, evolve, merge, synthesize, train, view
 
-    return {"synthesize": synthesize.run, "sft": train.run_sft, "prm": train.run_prm,
-            "evaluate": evaluate.run}
+    return {"synthesize": synthesize.run, "sft": train.run_sft, "prm": train.run_prm, "dpo": train.run_dpo,
+            "evaluate": evaluate.run, "curriculum": curriculum.run, "evolve": evolve.run,
+            "view": view.run, "merge": merge.run}
 
 
 def run_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -36,7 +38,10 @@ def run_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if name not in stages:
         raise ValueError(f"unknown stage '{name}'; available: {', '.join(sorted(stages))}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    return stages[name](cfg, run_dir)
+    if is_distributed_worker():  # rank 0 holds the directory for the whole data-parallel run
+        return stages[name](cfg, run_dir)
+    with run_lock(run_dir):
+        return stages[name](cfg, run_dir)
 
 
 # The group schemas (conf/*/*.yaml name them in their defaults lists) must be in Hydra's

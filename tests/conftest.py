@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -27,10 +28,28 @@ def embedded_model_overrides() -> list[str]:
 
 
 def compose(overrides: list[str], config_dir: Path = CONF):
-    """The config ``python -m medsss.run`` would compose (schemas registered, added keys checked)."""
+    """The config ``python -m medsss.run`` would compose (schemas registered, added keys checked).
+
+    Compositions of the project's own ``conf/`` are made once per override list and handed out as
+    copies (a composition takes about a second on the shared 2-core machine, a copy 30 ms; many
+    tests compose the same few configs). A composition that fails is not remembered: it fails
+    again. Other config folders (copies a test edits) are composed every time."""
+    import copy
+
+    if Path(config_dir) == CONF:
+        return copy.deepcopy(_compose_project_conf(tuple(overrides)))
+    return _compose_uncached(overrides, config_dir)
+
+
+def _compose_uncached(overrides: list[str], config_dir: Path):
     from medsss.config_schema import compose as compose_config
 
-    return compose_config(overrides, config_dir=str(config_dir))
+    return compose_config(list(overrides), config_dir=str(config_dir))
+
+
+@functools.cache
+def _compose_project_conf(overrides: tuple[str, ...]):
+    return _compose_uncached(list(overrides), CONF)
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +64,20 @@ def tiny_backend(tiny_model):
     from medsss.generation.hf import HFBackend
 
     return HFBackend(tiny_model, device="cpu", max_batch_size=64)
+
+
+@pytest.fixture(scope="session")
+def training_trees(tmp_path_factory) -> Path:
+    """A synthesis run directory of 8 stored trees, each with one right and one wrong chain: what
+    the sft and prm stages train on in the tests (read only)."""
+    from helpers import write_training_trees
+
+    return write_training_trees(tmp_path_factory.mktemp("synthesis"))
+
+
+# The project's benchmark files in miniature (tests/data/medical_benchmarks: a few original items
+# per file in the MedS3 conversations format), so the evaluation stage's tests run anywhere.
+BUNDLED_BENCHMARKS = ROOT / "tests" / "data" / "medical_benchmarks"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from medsss.data.records import Problem
 from medsss.generation.base import Completion, GenerationRequest, GenerationStats, cut_at_stop
@@ -116,3 +118,28 @@ def build_tree(spec: dict[str, dict]) -> Tree:
 
 def by_text(tree: Tree, text: str) -> Node:
     return next(n for n in tree.nodes if n.text == text)
+
+
+def mixed_tree(k: int) -> Tree:
+    """Problem ``k``'s tree: one right and one wrong chain, each through its own reasoning step."""
+    return build_tree({
+        "root": {"visits": 3, "value": 0.4},
+        f"idea {k}": {"parent": "root", "visits": 2, "value": 0.5, "rollout_total": 4, "rollout_correct": 2},
+        f"other {k}": {"parent": "root", "visits": 2, "value": 0.25, "rollout_total": 4, "rollout_correct": 1},
+        "So the answer is A. The answer is A.": {"parent": f"idea {k}", "kind": "finish", "visits": 1,
+                                                 "value": 1.0, "correct": True},
+        "So the answer is B. The answer is B.": {"parent": f"other {k}", "kind": "finish", "visits": 1,
+                                                 "value": 0.0, "correct": False},
+    })
+
+
+def write_training_trees(run_dir: Path, problems: int = 8) -> Path:
+    """A synthesis run directory whose ``trees.jsonl`` holds ``problems`` mixed trees (the input
+    of the training stages' tests); returns ``run_dir``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "trees.jsonl", "w", encoding="utf-8") as handle:
+        for k in range(problems):
+            record = {"id": f"p{k}", "question": f"Case {k}?\nA. yes\nB. no", "answer": "A",
+                      **mixed_tree(k).to_dict()}
+            handle.write(json.dumps(record) + "\n")
+    return run_dir

@@ -23,8 +23,20 @@ def pretend_vllm(monkeypatch, installed: bool) -> None:
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
 
 
-def test_auto_is_the_default():
-    assert compose([]).backend._target_ == "medsss.generation.auto.auto_backend"
+@pytest.mark.parametrize("installed", [False, True])
+def test_the_default_backend_picks_by_whether_vllm_is_importable(monkeypatch, installed):
+    # A plain run (no backend= override) and an evaluation both get auto's choice, with the
+    # chosen backend's own settings.
+    from medsss.generation.hf import HFBackend
+    from medsss.generation.vllm_engine import VLLMBackend
+
+    pretend_vllm(monkeypatch, installed=installed)
+    for stage in ("synthesize", "evaluate"):
+        factory = instantiate(compose([f"stage={stage}"]).backend)
+        assert factory.func is (VLLMBackend if installed else HFBackend), stage
+        chosen = compose([f"stage={stage}", f"backend={'vllm' if installed else 'hf'}"]).backend
+        settings = OmegaConf.to_container(chosen, resolve=True)
+        assert factory.keywords == {k: v for k, v in settings.items() if not k.startswith("_")}, stage
 
 
 def test_auto_holds_the_settings_of_both_backends():

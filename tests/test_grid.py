@@ -95,13 +95,23 @@ def test_the_first_draw_below_full_n_is_the_first_candidates():
     assert cell(rows, "sc", "-", 1)["accuracy"] == 1.0  # candidate 0 is the one draw
 
 
-def test_subsampled_cells_report_the_candidate_spread_around_the_mean():
-    rows = accuracy_grid(CACHE, ["sc"], ["min"], ns=[1, 2], rounds=50)
-    for r in rows:
-        assert r["subsample_low"] <= r["accuracy"] <= r["subsample_high"]
-        assert r["ci_low"] <= r["accuracy"] <= r["ci_high"]
-        assert r["draws"] == 50
-    assert [r["n"] for r in rows] == [1, 2]
+def test_subsampled_cells_report_the_spread_over_draws_and_the_interval_over_items():
+    # Two items always right, one right for exactly one of its two candidates. A draw of N = 1 is
+    # right on 2 or 3 items, so every draw's accuracy is 2/3 or 1: that is the subsample spread.
+    # The item bootstrap resamples the per-item accuracies (1, 1, and h's share of right draws):
+    # the resample of h three times (1 in 27) is its low end. The accuracy is the draws' mean,
+    # 5/6 when h's candidates are drawn uniformly.
+    sure = [("A", [0.5]), ("A", [0.5])]
+    cache = [item("r1", "A", sure), item("r2", "A", sure), item("h", "A", [("A", [0.5]), ("B", [0.5])])]
+    [row] = accuracy_grid(cache, ["sc"], ["min"], ns=[1], rounds=2000, bootstrap=1000)
+    assert (row["n"], row["draws"]) == (1, 2000)
+    assert (row["subsample_low"], row["subsample_high"]) == (pytest.approx(2 / 3), 1.0)
+    assert row["accuracy"] == pytest.approx(5 / 6, abs=0.01)
+    h_accuracy = 3 * row["accuracy"] - 2  # the share of draws that picked h's right candidate
+    assert (row["ci_low"], row["ci_high"]) == (pytest.approx(h_accuracy), 1.0)
+    # Draw 0 is h's first candidate (right); the other draws are seeded: the same every time.
+    assert accuracy_grid(cache, ["sc"], ["min"], ns=[1], rounds=1)[0]["accuracy"] == 1.0
+    assert accuracy_grid(cache, ["sc"], ["min"], ns=[1], rounds=2000, bootstrap=1000) == [row]
 
 
 def test_grid_n_includes_the_full_count():

@@ -6,7 +6,6 @@ import pytest
 
 from medsss.data.prompts import (
     REFLECT_OPENING,
-    STEP_ZERO,
     build_messages,
     continuation_prefill,
     render_steps,
@@ -19,12 +18,25 @@ Z = "Let's break down this problem step by step."
 # --- rendering --------------------------------------------------------------------------------
 
 
-def test_step_zero_is_the_fixed_text():
-    assert STEP_ZERO == Z
+def test_every_search_and_every_evaluation_sample_starts_from_the_fixed_step_zero(tmp_path):
+    # The policy is always asked to continue "Step 0: <fixed text>\n\nStep 1:", in synthesis
+    # (the tree's root) and in evaluation (the sampled candidates): the two must not drift apart.
+    from helpers import ScriptedBackend, drive, problem
 
+    from medsss.evaluation.sampling import sample_and_score
+    from medsss.search.mcts import SearchConfig, TreeSearch
 
-def test_reflect_opening_is_but_wait():
-    assert REFLECT_OPENING == "But wait, "
+    backend = ScriptedBackend(lambda request, i: "The answer is A.")
+    search = TreeSearch(problem(), build_messages("Q?", None), SearchConfig(width=1, max_nodes=2))
+    result = drive(search.run(), backend)
+    assert result.tree.root.text == Z
+    assert backend.calls[0][0].prefill == f"Step 0: {Z}\n\nStep 1:"
+    sampler = ScriptedBackend(lambda request, i: " The answer is A.")
+    [row] = sample_and_score([problem()], sampler, None, tmp_path / "cache.jsonl", n=1, temperature=1.0,
+                             top_p=0.95, max_tokens=8, system_prompt=None, greedy=False, fallback=False,
+                             items_per_call=1, seed=0)
+    assert sampler.calls[0][0].prefill == f"Step 0: {Z}\n\nStep 1:"
+    assert row["candidates"][0]["steps"] == [Z, "The answer is A."]
 
 
 def test_render_numbers_steps_from_zero_and_joins_with_a_blank_line():

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT, compose
-from helpers import build_tree
 
 from medsss.generation.base import GenerationRequest
 from medsss.generation.hf import HFBackend
@@ -23,27 +22,9 @@ from medsss.training.prm_model import PRMScorer, ProcessRewardModel
 TINY = ["model=tiny", "logger=none", "trainer.enable_progress_bar=false", "stage.batch_size=2"]
 
 
-def mixed_tree(k: int):
-    return build_tree({
-        "root": {"visits": 3, "value": 0.4},
-        f"idea {k}": {"parent": "root", "visits": 2, "value": 0.5, "rollout_total": 4, "rollout_correct": 2},
-        f"other {k}": {"parent": "root", "visits": 2, "value": 0.25, "rollout_total": 4, "rollout_correct": 1},
-        "So the answer is A. The answer is A.": {"parent": f"idea {k}", "kind": "finish", "visits": 1,
-                                                 "value": 1.0, "correct": True},
-        "So the answer is B. The answer is B.": {"parent": f"other {k}", "kind": "finish", "visits": 1,
-                                                 "value": 0.0, "correct": False},
-    })
-
-
 @pytest.fixture(scope="module")
-def trees(tmp_path_factory):
-    run = tmp_path_factory.mktemp("synthesis")
-    with open(run / "trees.jsonl", "w") as handle:
-        for k in range(8):
-            record = {"id": f"p{k}", "question": f"Case {k}?\nA. yes\nB. no", "answer": "A",
-                      **mixed_tree(k).to_dict()}
-            handle.write(json.dumps(record) + "\n")
-    return run
+def trees(training_trees):
+    return training_trees
 
 
 def test_sft_stage_saves_an_adapter_and_a_merged_policy_the_backend_loads(trees, tmp_path):

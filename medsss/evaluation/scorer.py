@@ -8,10 +8,13 @@ from typing import Any
 
 def load_prm_scorer(path: str, *, layout: str = "scalar", base: str | None = None,
                     tokenizer: str | None = None, dtype: str = "float32", batch_size: int = 16,
-                    system_prompt: str | None = None, device: str = "cpu") -> Any:
+                    system_prompt: str | None = None, device: str = "cpu",
+                    penalty_scale: float | None = None) -> Any:
     """A :class:`~medsss.training.prm_model.PRMScorer` for the PRM at ``path``. ``layout``:
-    ``scalar`` (ours, in ``dtype`` for ``device``) or ``token_classifier`` (a LoRA adapter on
-    ``base``, or a full model at ``path``). ``tokenizer`` defaults to the one saved at ``path``."""
+    ``scalar`` (ours, in ``dtype`` for ``device``; single or dual head as saved) or
+    ``token_classifier`` (a LoRA adapter on ``base``, or a full model at ``path``). ``tokenizer``
+    defaults to the one saved at ``path``. ``penalty_scale`` replaces a dual-head PRM's saved
+    lambda (None: as saved; an error for a PRM without a penalty head)."""
     from transformers import AutoTokenizer
 
     from medsss.generation.hf import resolve_dtype
@@ -23,7 +26,7 @@ def load_prm_scorer(path: str, *, layout: str = "scalar", base: str | None = Non
     else:
         model = load_token_classifier(path, base)
     return PRMScorer(model, loaded_tokenizer, system_prompt, layout=layout, device=device,
-                     batch_size=batch_size)
+                     batch_size=batch_size, penalty_scale=penalty_scale)
 
 
 def load_token_classifier(path: str, base: str | None) -> Any:

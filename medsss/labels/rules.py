@@ -42,3 +42,16 @@ def prm_labels(
     if not shape_step_one:
         shaped[0] = float(values[1])
     return shaped
+
+
+def penalty_targets(values: Sequence[float]) -> list[float]:
+    """Targets of the dual-sided PRM's penalty head for steps 1..K from the values of steps 0..K:
+    ``1[V_k < V_{k-1}]``, computed from the raw values (step 1 against the root's value V_0). A step
+    that keeps the value (a piece of a split Finish completion copies its parent's) is no penalty."""
+    if len(values) < 2:
+        raise ValueError(f"a chain needs step 0 and at least one labelled step, got {len(values)} values")
+    for index, value in enumerate(values):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"value of step {index} is {value}, outside [0, 1]")
+    pairs = zip(values[:-1], values[1:], strict=True)
+    return [1.0 if current < previous else 0.0 for previous, current in pairs]

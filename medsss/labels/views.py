@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from medsss.labels.chains import SOURCE_KEY, Chain, chains_of, read_trees
-from medsss.labels.rules import prm_labels
+from medsss.labels.rules import penalty_targets, prm_labels
 
 # Chains and their sources live in medsss.labels.chains; re-exported for code that reads views.
 __all__ = ["SOURCE_KEY", "Chain", "chains_of", "label_histogram", "prm_rows", "read_trees", "sft_rows",
@@ -75,9 +75,11 @@ def prm_rows(
     require_both: bool = True,
     weight_rollouts: int | None = None,
     shape_step_one: bool = False,
+    penalties: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per chain with labels for steps 1..K (and weights when ``weight_rollouts`` is set:
-    the rollout count that earns a step full weight)."""
+    the rollout count that earns a step full weight; and, with ``penalties``, the dual-sided PRM's
+    penalty targets ``1[V_k < V_{k-1}]``)."""
     rows = []
     for record in records:
         chains = chains_of(record)
@@ -96,6 +98,8 @@ def prm_rows(
             }
             if weight_rollouts:
                 row["weights"] = step_weights(chain, weight_rollouts)
+            if penalties:
+                row["penalties"] = penalty_targets(chain.values)
             rows.append(row)
     return rows
 
@@ -118,4 +122,6 @@ def view_counts(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if rows and "labels" in rows[0]:
         counts["label_histogram"] = label_histogram(rows)
         counts["correct_chains"] = sum(1 for r in rows if r["correct"])
+    if rows and "penalties" in rows[0]:
+        counts["penalty_steps"] = int(sum(sum(r["penalties"]) for r in rows))
     return counts

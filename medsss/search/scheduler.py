@@ -14,20 +14,25 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from medsss.data.records import Problem
 from medsss.generation.base import Backend, GenerationRequest, StreamingBackend
-from medsss.search.mcts import Requests, Responses, SearchProcess, SearchResult
+from medsss.search.mcts import Requests, Responses
 
 log = logging.getLogger(__name__)
+
+# A search-shaped generator: it yields the requests it needs, is sent their completions, and
+# returns its result (a TreeSearch's SearchResult, the curriculum's PassRate, ...).
+Process = Generator[Requests, Responses, Any]
 
 
 @dataclass
 class _Live:
     problem: Problem
-    process: SearchProcess
+    process: Process
     pending: Requests
 
 
@@ -39,9 +44,9 @@ def _describe(error: BaseException) -> str:
 
 def _started(
     problems: Iterable[Problem],
-    start_search: Callable[[Problem], SearchProcess],
+    start_search: Callable[[Problem], Process],
     on_failed: Callable[[Problem, str], None],
-) -> Iterator[tuple[Problem, SearchProcess]]:
+) -> Iterator[tuple[Problem, Process]]:
     """Searches started lazily, one per request; a problem whose search cannot start is failed."""
     for problem in problems:
         try:
@@ -54,10 +59,10 @@ def _started(
 
 def run_searches(
     problems: Iterable[Problem],
-    start_search: Callable[[Problem], SearchProcess],
+    start_search: Callable[[Problem], Process],
     backend: Backend,
     concurrent_trees: int,
-    on_done: Callable[[Problem, SearchResult], None],
+    on_done: Callable[[Problem, Any], None],
     on_failed: Callable[[Problem, str], None],
     on_tick: Callable[[], None] | None = None,
 ) -> None:
@@ -72,7 +77,7 @@ def run_searches(
     searches = _started(problems, start_search, on_failed)
     live: list[_Live] = []
 
-    def advance(problem: Problem, process: SearchProcess, reply: Responses | None) -> None:
+    def advance(problem: Problem, process: Process, reply: Responses | None) -> None:
         try:
             requests = process.send(reply)  # type: ignore[arg-type]  # send(None) starts a search
         except StopIteration as stop:
@@ -124,17 +129,17 @@ def _short_first(live: list[_Live]) -> tuple[list[_Live], list[_Live]]:
 
 def _run_streaming(
     problems: Iterable[Problem],
-    start_search: Callable[[Problem], SearchProcess],
+    start_search: Callable[[Problem], Process],
     backend: StreamingBackend,
     concurrent_trees: int,
-    on_done: Callable[[Problem, SearchResult], None],
+    on_done: Callable[[Problem, Any], None],
     on_failed: Callable[[Problem, str], None],
     on_tick: Callable[[], None] | None,
 ) -> None:
     searches = _started(problems, start_search, on_failed)
     in_flight: dict[int, _Live] = {}
 
-    def advance(problem: Problem, process: SearchProcess, reply: Responses | None) -> None:
+    def advance(problem: Problem, process: Process, reply: Responses | None) -> None:
         try:
             requests = process.send(reply)  # type: ignore[arg-type]  # send(None) starts a search
             while not requests:  # nothing to generate: answer at once

@@ -44,12 +44,13 @@ def system_prompts(cfg: DictConfig) -> tuple[str | None, str | None]:
 
 
 def load_scorer(prm: DictConfig, system_prompt: str | None, device: str):
-    """The PRM scorer of ``stage.prm`` (None without a PRM: score-free strategies only)."""
+    """The PRM scorer of ``stage.prm`` (None without a PRM: score-free strategies only); a
+    dual-head PRM scores with ``stage.prm.penalty_scale`` (null: the lambda saved with it)."""
     if not prm.path:
         return None
     return load_prm_scorer(prm.path, layout=prm.layout, base=prm.get("base"), tokenizer=prm.get("tokenizer"),
                            dtype=str(prm.dtype), batch_size=prm.batch_size, system_prompt=system_prompt,
-                           device=device)
+                           device=device, penalty_scale=prm.get("penalty_scale"))
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Stages ``sft`` and ``prm``: label views over stored trees, then Lightning training and saving.
+"""Stages ``sft``, ``dpo`` and ``prm``: label views over stored trees, then Lightning training and saving.
 
 Config in, plain objects out: the view rows (:mod:`medsss.labels.views`), the model
 (:mod:`medsss.training.models`), the batches (:mod:`medsss.training.examples`), the module with
@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medsss.io import write_json, write_jsonl
 from medsss.labels.chains import read_trees
+from medsss.labels.dpo import dpo_counts, dpo_rows
 from medsss.labels.views import prm_rows, sft_rows, view_counts
 from medsss.resources import peak_memory_mb
 from medsss.stages.common import instantiate_callbacks, tracked_stage
@@ -62,9 +63,22 @@ def policy_model(cfg: DictConfig, path: str, trust_remote_code: bool):
     return trainable_policy(path, model_settings(cfg), trust_remote_code)
 
 
+def prm_heads(cfg: DictConfig):
+    """``stage.head`` (single | dual) and ``stage.dual`` as the PRM's
+    :class:`~medsss.training.prm_model.PRMHeadConfig`."""
+    from medsss.training.prm_model import PRMHeadConfig
+
+    dual = cfg.stage.dual
+    try:
+        return PRMHeadConfig(head=str(cfg.stage.head), penalty_weight=dual.penalty_weight,
+                             penalty_scale=dual.penalty_scale)
+    except ValueError as error:
+        raise ValueError(f"stage.head / stage.dual: {error}") from error
+
+
 def reward_model(cfg: DictConfig, path: str, trust_remote_code: bool):
     """The PRM the prm stage trains, as ``cfg`` describes it."""
-    return trainable_reward_model(path, model_settings(cfg), trust_remote_code)
+    return trainable_reward_model(path, model_settings(cfg), trust_remote_code, prm_heads(cfg))
 
 
 def checkpoint_above_tokens(cfg: DictConfig) -> int | None:
@@ -122,6 +136,43 @@ def run_sft(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return metrics
 
 
+def run_dpo(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """DPO of the policy ``model=`` (normally the SFT policy, ``model.source=<sft run>/final/merged``)
+    on the preference pairs of stored trees; its reference is that same policy (the LoRA adapter
+    disabled), saved like SFT's."""
+    import lightning as L
+
+    from medsss.training.dpo import DPOModule
+    from medsss.training.examples import dpo_datamodule, split_by_problem
+    from medsss.training.fit import is_main_process
+
+    if not cfg.stage.lora.enabled:
+        raise ValueError("stage=dpo trains a LoRA adapter (stage.lora.enabled=true): the reference policy "
+                         "is the model with its adapter disabled; full fine-tuning would need a second, "
+                         "frozen copy of the model as the reference")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    started = time.perf_counter()
+    with tracked_stage(cfg, run_dir) as tracking:
+        rows = dpo_rows(read_trees(_sources(cfg)), margin=cfg.stage.margin)
+        if not rows:
+            raise ValueError(f"no preference pairs in {_sources(cfg)} (stage.margin={cfg.stage.margin}): "
+                             "nothing to optimise")
+        write_jsonl(run_dir / "dpo.jsonl", rows)
+        train_rows, val_rows = split_by_problem(rows, cfg.stage.val_fraction)
+        model_spec = instantiate(cfg.model)
+        path = model_spec.resolve()
+        tokenizer, pad = load_tokenizer(path, model_spec.trust_remote_code)
+        model = policy_model(cfg, path, model_spec.trust_remote_code)
+        module = DPOModule(model, beta=cfg.stage.beta, **_optimization(cfg))
+        data = dpo_datamodule(train_rows, val_rows, tokenizer, pad, cfg.prompt.system, cfg.stage.max_length,
+                              _batching(cfg))
+        metrics = _fit(cfg, run_dir, tracking, module, data, started, dpo_counts(rows), len(train_rows),
+                       len(val_rows), unit="pairs")
+        if is_main_process(module):
+            save_policy(model, tokenizer, run_dir / "final", cfg.stage.merge)
+    return metrics
+
+
 def run_prm(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     import lightning as L
 
@@ -133,10 +184,11 @@ def run_prm(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     with tracked_stage(cfg, run_dir) as tracking:
         labels = cfg.stage.labels
+        heads = prm_heads(cfg)  # a bad stage.head fails before the trees are read
         rows = prm_rows(read_trees(_sources(cfg)), rule=labels.rule, threshold=labels.threshold,
                         factor=labels.factor, require_both=labels.require_both,
                         weight_rollouts=labels.weight_rollouts,
-                        shape_step_one=labels.get("shape_step_one", False))
+                        shape_step_one=labels.get("shape_step_one", False), penalties=heads.dual)
         if not rows:
             raise ValueError(f"no labelled chains in {_sources(cfg)} "
                              f"(labels.require_both={labels.require_both})")
@@ -156,11 +208,13 @@ def run_prm(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def _fit(cfg: DictConfig, run_dir: Path, tracking: RunLoggers, module, data, started: float, counts: dict,
-         n_train: int, n_val: int) -> dict[str, Any]:
+         n_train: int, n_val: int, unit: str = "chains") -> dict[str, Any]:
+    """Fit and write ``metrics.json``; ``unit`` names what the view's rows are (``train_<unit>``)."""
+    from medsss.faults import kill_callbacks
     from medsss.training.fit import StartStep, checkpoint_directory, fit_summary, resolve_ckpt_path
 
     start = StartStep()
-    callbacks = [*instantiate_callbacks(cfg.stage.get("callbacks"), run_dir), start]
+    callbacks = [*instantiate_callbacks(cfg.stage.get("callbacks"), run_dir), start, *kill_callbacks(run_dir)]
     trainer = instantiate(cfg.trainer, default_root_dir=str(run_dir), callbacks=callbacks,
                           logger=tracking.loggers or False)
     ckpt_path = resolve_ckpt_path(cfg.stage.ckpt_path,
@@ -170,8 +224,8 @@ def _fit(cfg: DictConfig, run_dir: Path, tracking: RunLoggers, module, data, sta
         "stage": cfg.stage.name,
         "model": cfg.model.id,
         "wall_seconds": round(time.perf_counter() - started, 3),
-        "train_chains": n_train,
-        "val_chains": n_val,
+        f"train_{unit}": n_train,
+        f"val_{unit}": n_val,
         "max_batch_tokens": cfg.stage.get("max_batch_tokens"),
         "gradient_checkpointing": model_settings(cfg).gradient_checkpointing,
         **fit_summary(trainer, module, start),

@@ -1,5 +1,5 @@
 """Training examples from view rows (:mod:`medsss.labels.views`): a held-out split by problem,
-then tokenized items in token-budget batches for SFT and for the PRM."""
+then tokenized items in token-budget batches for SFT, DPO and the PRM."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from medsss.training.datamodule import ItemsDataModule
+from medsss.training.dpo_inputs import collate_dpo, dpo_inputs
 from medsss.training.prm_inputs import collate_prm, prm_inputs
 from medsss.training.sft_inputs import collate_sft, sft_inputs
 
@@ -57,19 +58,38 @@ def sft_datamodule(train_rows: Sequence[dict[str, Any]], val_rows: Sequence[dict
                        lambda item: len(item.input_ids), batching)
 
 
+def dpo_datamodule(train_rows: Sequence[dict[str, Any]], val_rows: Sequence[dict[str, Any]], tokenizer: Any,
+                   pad_id: int, system_prompt: str | None, max_length: int,
+                   batching: Batching) -> ItemsDataModule:
+    """DPO rows (question, chosen and rejected steps, whether each is finished) as pairs of
+    sequences. The token budget counts both rows of a pair (its length is twice the longer one),
+    and ``batch_size`` counts pairs (2 rows each)."""
+
+    def items(rows: Sequence[dict[str, Any]]) -> list:
+        return [dpo_inputs(tokenizer, r["question"], r["chosen"], r["rejected"], r["chosen_finished"],
+                           r["rejected_finished"], system_prompt, max_length) for r in rows]
+
+    return _datamodule(items(train_rows), items(val_rows), lambda batch: collate_dpo(batch, pad_id),
+                       lambda item: item.padded_tokens, batching)
+
+
 def prm_datamodule(train_rows: Sequence[dict[str, Any]], val_rows: Sequence[dict[str, Any]], tokenizer: Any,
                    pad_id: int, system_prompt: str | None, batching: Batching) -> ItemsDataModule:
-    """PRM rows (question, steps, labels, optional weights) as items scored at each step's end."""
+    """PRM rows (question, steps, labels, optional weights and penalty targets) as items scored
+    at each step's end."""
 
     def items(rows: Sequence[dict[str, Any]]) -> list:
         return [(prm_inputs(tokenizer, r["question"], r["steps"], system_prompt), r["labels"],
-                 r.get("weights")) for r in rows]
+                 r.get("weights"), r.get("penalties")) for r in rows]
 
     def collate(batch: list) -> dict:
-        weights = [w for *_, w in batch]
-        # A batch is weighted only when every row has weights (weight_rollouts is all or nothing).
-        return collate_prm([i for i, *_ in batch], pad_id, labels=[label for _, label, _ in batch],
-                           weights=weights if all(w is not None for w in weights) else None)
+        weights = [w for _, _, w, _ in batch]
+        penalties = [p for *_, p in batch]
+        # A batch is weighted only when every row has weights (weight_rollouts is all or nothing);
+        # penalty targets likewise (prm_rows writes them for every row or none).
+        return collate_prm([i for i, *_ in batch], pad_id, labels=[label for _, label, *_ in batch],
+                           weights=weights if all(w is not None for w in weights) else None,
+                           penalties=penalties if all(p is not None for p in penalties) else None)
 
     return _datamodule(items(train_rows), items(val_rows), collate, lambda item: len(item[0].input_ids),
                        batching)

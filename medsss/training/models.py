@@ -91,12 +91,14 @@ def trainable_policy(path: str, settings: TrainingModelSettings,
     return _with_lora(model, settings.lora, "CAUSAL_LM")
 
 
-def trainable_reward_model(path: str, settings: TrainingModelSettings, trust_remote_code: bool = False):
-    """The PRM: the causal LM's body (no LM head: the PRM reads hidden states) with a scalar head,
-    dtype, gradient checkpointing and LoRA (on the body) as for the policy."""
+def trainable_reward_model(path: str, settings: TrainingModelSettings, trust_remote_code: bool = False,
+                           heads: Any = None):
+    """The PRM: the causal LM's body (no LM head: the PRM reads hidden states) with a scalar head
+    (and a penalty head when ``heads``, a :class:`~medsss.training.prm_model.PRMHeadConfig`, says
+    dual; None: single), dtype, gradient checkpointing and LoRA (on the body) as for the policy."""
     from medsss.training.prm_model import ProcessRewardModel
 
-    model = ProcessRewardModel.from_causal_lm(path, settings.torch_dtype(path), trust_remote_code)
+    model = ProcessRewardModel.from_causal_lm(path, settings.torch_dtype(path), trust_remote_code, heads)
     if settings.gradient_checkpointing:
         model.body.gradient_checkpointing_enable()
     _release_memory(model.body, settings)
@@ -142,8 +144,9 @@ def save_policy(model: Any, tokenizer: Any, out: Path, merge: bool) -> None:
 
 
 def save_reward_model(model: Any, tokenizer: Any, out: Path, merge: bool) -> None:
-    """The PRM (body and ``value_head.safetensors``) with its tokenizer; ``merge`` folds a LoRA
-    adapter into the body first (unmerged, the adapter is saved and loads on its base)."""
+    """The PRM (body, ``value_head.safetensors``, a dual PRM's ``penalty_head.safetensors`` and
+    ``prm_config.json``) with its tokenizer; ``merge`` folds a LoRA adapter into the body first
+    (unmerged, the adapter is saved and loads on its base)."""
     if merge:
         model.body = model.body.merge_and_unload()
     model.save(out)

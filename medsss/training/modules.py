@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from medsss.training.auroc import binary_auroc
 from medsss.training.memory import checkpointable_layers
-from medsss.training.prm_model import ProcessRewardModel, soft_bce
+from medsss.training.prm_model import DualLoss, ProcessRewardModel, dual_head_loss, dual_score, soft_bce
 from medsss.training.schedules import warmup_scheduler
 from medsss.training.sft_inputs import IGNORE
 
@@ -66,6 +66,29 @@ class _Trainable(L.LightningModule):
     def on_fit_start(self) -> None:
         # from_pretrained leaves models in eval mode; training needs dropout (LoRA's included) on.
         self.train()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # With LoRA the frozen base is read from its own folder at every start: a checkpoint keeps
+        # only what training changes (adapters, heads), megabytes instead of the base's gigabytes.
+        trainable = self._trainable_names()
+        if len(trainable) < sum(1 for _ in self.parameters()):
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+            checkpoint["medsss_trainable_only"] = True
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if not checkpoint.get("medsss_trainable_only"):
+            return
+        missing = sorted(self._trainable_names() - set(checkpoint["state_dict"]))
+        if missing:
+            more = " ..." if len(missing) > 3 else ""
+            raise KeyError(f"checkpoint lacks trained weights {missing[:3]}{more}: was it written by "
+                           "another model or LoRA configuration?")
+        # The frozen weights are the ones loaded from the model folder; the strict load then checks
+        # that every other key matches this model.
+        checkpoint["state_dict"] = {**self.state_dict(), **checkpoint["state_dict"]}
+
+    def _trainable_names(self) -> set[str]:
+        return {name for name, parameter in self.named_parameters() if parameter.requires_grad}
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
         if self.checkpoint_above_tokens is not None:
@@ -165,7 +188,13 @@ class PolicySFTModule(_Trainable):
 
 class PRMModule(_Trainable):
     """Soft-target binary cross-entropy at the step-end positions (weighted where weights exist);
-    validation reports loss, step accuracy and step AUROC against hard targets (label >= 0.5)."""
+    validation reports loss, step accuracy and step AUROC against hard targets (label >= 0.5).
+
+    A dual-head PRM (``model.heads.dual``) minimises ``value BCE + penalty_weight * penalty BCE``
+    (:func:`~medsss.training.prm_model.dual_head_loss`; batches need ``penalties``) and its
+    validation adds the two parts (``val/value_loss``, ``val/penalty_loss``), the penalty head's
+    AUROC against its targets (``val/penalty_auroc``) and the combined score's AUROC against the
+    hard value targets (``val/score_auroc``); ``val/step_auroc`` stays the value head's."""
 
     def __init__(self, model: ProcessRewardModel, optimizer: OptimizerFactory = PRM_OPTIMIZER,
                  scheduler: SchedulerFactory | None = WARMUP_COSINE,
@@ -174,23 +203,49 @@ class PRMModule(_Trainable):
         self.model = model
         self._scores: list[float] = []
         self._targets: list[int] = []
+        self._penalty_scores: list[float] = []
+        self._penalty_targets: list[int] = []
+        self._combined_scores: list[float] = []
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model.step_logits(batch["input_ids"], batch["attention_mask"], batch["score_positions"])
 
+    def _loss(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, DualLoss | None]:
+        """The loss, the value and penalty logits, and a dual head's loss parts, from one forward."""
+        positions = batch["score_positions"]
+        value, penalty = self.model.head_logits(batch["input_ids"], batch["attention_mask"], positions)
+        if penalty is None:
+            return soft_bce(value, batch["labels"], positions, batch.get("weights")), value, None, None
+        if "penalties" not in batch:
+            raise ValueError("a dual-head PRM trains on penalty targets: its rows need 'penalties' "
+                             "(prm_rows(..., penalties=True), which stage.head=dual sets)")
+        parts = dual_head_loss(value, penalty, batch["labels"], batch["penalties"], positions,
+                               batch.get("weights"), self.model.heads.penalty_weight)
+        return parts.total, value, penalty, parts
+
     def training_step(self, batch, batch_idx):
-        loss = soft_bce(self(batch), batch["labels"], batch["score_positions"], batch.get("weights"))
-        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        loss, _, _, parts = self._loss(batch)
+        rows = batch["input_ids"].shape[0]
+        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=rows)
+        if parts is not None:
+            self.log("train/value_loss", parts.value, on_step=True, batch_size=rows)
+            self.log("train/penalty_loss", parts.penalty, on_step=True, batch_size=rows)
         return loss
 
     def validation_step(self, batch, batch_idx):
-        logits = self(batch)
-        loss = soft_bce(logits, batch["labels"], batch["score_positions"], batch.get("weights"))
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True,
-                 batch_size=batch["input_ids"].shape[0])
+        loss, logits, penalty_logits, parts = self._loss(batch)
+        rows = batch["input_ids"].shape[0]
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=rows)
         real = batch["score_positions"] >= 0
         self._scores.extend(torch.sigmoid(logits.float())[real].tolist())
         self._targets.extend((batch["labels"][real] >= 0.5).int().tolist())
+        if parts is not None and penalty_logits is not None:
+            self.log("val/value_loss", parts.value, on_epoch=True, sync_dist=True, batch_size=rows)
+            self.log("val/penalty_loss", parts.penalty, on_epoch=True, sync_dist=True, batch_size=rows)
+            self._penalty_scores.extend(torch.sigmoid(penalty_logits.float())[real].tolist())
+            self._penalty_targets.extend((batch["penalties"][real] >= 0.5).int().tolist())
+            combined = dual_score(logits, penalty_logits, self.model.heads.penalty_scale)
+            self._combined_scores.extend(combined[real].tolist())
 
     def on_validation_epoch_end(self) -> None:
         if self._scores:
@@ -200,4 +255,13 @@ class PRMModule(_Trainable):
             auroc = binary_auroc(self._scores, self._targets)
             if auroc is not None:
                 self.log("val/step_auroc", auroc, prog_bar=True)
+        # An AUROC needs both classes; a validation split without a single value drop has none.
+        for name, scores, targets in (("val/penalty_auroc", self._penalty_scores, self._penalty_targets),
+                                      ("val/score_auroc", self._combined_scores, self._targets)):
+            if not scores:  # a single-head PRM has neither
+                continue
+            auroc = binary_auroc(scores, targets)
+            if auroc is not None:
+                self.log(name, auroc)
         self._scores, self._targets = [], []
+        self._penalty_scores, self._penalty_targets, self._combined_scores = [], [], []

@@ -44,9 +44,11 @@ def collate_prm(
     pad_id: int,
     labels: Sequence[Sequence[float]] | None = None,
     weights: Sequence[Sequence[float]] | None = None,
+    penalties: Sequence[Sequence[float]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Right-padded batch: ``input_ids``, ``attention_mask``, ``score_positions`` (-1 = none) and,
-    when given, ``labels`` and ``weights`` aligned with the positions."""
+    when given, ``labels``, ``weights`` and ``penalties`` (the dual-sided PRM's penalty targets)
+    aligned with the positions."""
     width = max(len(item.input_ids) for item in items)
     steps = max(len(item.score_positions) for item in items)
     batch = {
@@ -58,6 +60,8 @@ def collate_prm(
         batch["labels"] = torch.zeros(len(items), steps)
     if weights is not None:
         batch["weights"] = torch.zeros(len(items), steps)
+    if penalties is not None:
+        batch["penalties"] = torch.zeros(len(items), steps)
     for row, item in enumerate(items):
         n, k = len(item.input_ids), len(item.score_positions)
         batch["input_ids"][row, :n] = torch.tensor(item.input_ids)
@@ -69,4 +73,8 @@ def collate_prm(
             batch["labels"][row, :k] = torch.tensor(labels[row], dtype=torch.float)
         if weights is not None:
             batch["weights"][row, :k] = torch.tensor(weights[row], dtype=torch.float)
+        if penalties is not None:
+            if len(penalties[row]) != k:
+                raise ValueError(f"row {row}: {len(penalties[row])} penalty targets for {k} scored steps")
+            batch["penalties"][row, :k] = torch.tensor(penalties[row], dtype=torch.float)
     return batch

@@ -18,13 +18,18 @@ class SFTInput:
     labels: list[int]  # IGNORE on prompt tokens
 
 
-def sft_inputs(tokenizer, question: str, steps: Sequence[str], system_prompt: str | None,
-               max_length: int | None = None) -> SFTInput:
-    """The same chat prompt synthesis used, followed by the rendered steps and the end of turn."""
+def chat_prompt_ids(tokenizer, question: str, system_prompt: str | None) -> list[int]:
+    """The tokens of the chat prompt synthesis used: system prompt, question, open assistant turn."""
     chat = tokenizer.apply_chat_template(
         list(build_messages(question, system_prompt)), tokenize=False, add_generation_prompt=True
     )
-    prompt = list(tokenizer(chat, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(chat, add_special_tokens=False)["input_ids"])
+
+
+def sft_inputs(tokenizer, question: str, steps: Sequence[str], system_prompt: str | None,
+               max_length: int | None = None) -> SFTInput:
+    """The same chat prompt synthesis used, followed by the rendered steps and the end of turn."""
+    prompt = chat_prompt_ids(tokenizer, question, system_prompt)
     response = list(tokenizer(render_steps(steps), add_special_tokens=False)["input_ids"])
     response.append(tokenizer.eos_token_id)  # the model learns to end its turn
     ids, labels = prompt + response, [IGNORE] * len(prompt) + response
