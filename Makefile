@@ -37,9 +37,10 @@ lint: install
 test: install lint
 	WANDB_MODE=offline $(PY) -m pytest $(PYTEST_ARGS)
 
-# Everything but the end-to-end tests on the embedded model.
+# Everything but the end-to-end runs: on the embedded model (slow) and the tiny model's stage runs
+# (integration). Under a minute on 2 cores; `make test` runs those too.
 test-fast: install lint
-	WANDB_MODE=offline $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	WANDB_MODE=offline $(PY) -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
 
 bench: install
 	$(PY) benchmarks/scheduler_speed.py

@@ -85,6 +85,16 @@ class MergeStageSchema:
 
 
 @dataclass
+class SummarizeStageSchema:
+    name: str = "summarize"
+    dir: str = MISSING  # a multirun directory (the hydra.sweep.dir of a --multirun)
+    axes: list[str] | None = None  # the heat map's two swept keys (null: the first two)
+    value: str | None = None  # the heat map's figure (null: the stage's headline)
+    plots: bool = True
+    objective: str | None = None
+
+
+@dataclass
 class PassRateBandSchema:
     low: float = 0.0
     high: float = 0.125
@@ -270,6 +280,15 @@ class TinyModelSchema(ModelSchema):
     tiny: dict[str, Any] = field(default_factory=dict)  # LlamaConfig overrides
 
 
+@dataclass
+class ProvingGroundModelSchema(ModelSchema):
+    """``source: proving_ground``: the proving ground's starting policy, pretrained locally."""
+
+    seed: int = 0
+    tiny: dict[str, Any] = field(default_factory=dict)  # LlamaConfig overrides
+    pretrain: dict[str, Any] = field(default_factory=dict)  # medsss.proving_ground.pretrain.PretrainSettings
+
+
 # --------------------------------------------------------------------------------------------
 # backend
 
@@ -436,7 +455,8 @@ class WandbLoggerSchema:
     project: str = "medsss"
     entity: str | None = None
     name: str | None = None
-    group: str | None = "${stage.name}"
+    group: str | None = "${oc.env:MEDSSS_RUN_GROUP,${stage.name}}"  # a sweep's or evolve run's group
+    job_type: str | None = "${stage.name}"
     tags: list[str] = field(default_factory=list)
     mode: str | None = None
     log_model: Any = False  # bool or "all"
@@ -510,9 +530,11 @@ SCHEMAS: tuple[tuple[str, str, type], ...] = (
     ("stage", "evolve", EvolveStageSchema),
     ("stage", "view", ViewStageSchema),
     ("stage", "merge", MergeStageSchema),
+    ("stage", "summarize", SummarizeStageSchema),
     ("model", "base", ModelSchema),
     ("model", "adapter", AdapterModelSchema),
     ("model", "tiny", TinyModelSchema),
+    ("model", "proving_ground", ProvingGroundModelSchema),
     ("backend", "auto", AutoBackendSchema),
     ("backend", "hf", HFBackendSchema),
     ("backend", "vllm", VLLMBackendSchema),
@@ -541,6 +563,10 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     for group, name, schema in SCHEMAS:
         store.store(group=f"schema/{group}", name=name, node=schema)
+    # ${proving_ground:<split>}: the proving ground's generated question files (data=proving_ground).
+    from medsss.proving_ground.task import register_resolver
+
+    register_resolver()
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,16 +20,18 @@ from omegaconf import DictConfig
 from medsss.config_schema import check_config, register_configs
 from medsss.hardware import configure_threads, parallel_jobs
 from medsss.runlock import is_distributed_worker, run_lock
+from medsss.tracking import RUN_GROUP_ENV, sweep_group
 
 log = logging.getLogger("medsss")
 
 
 def _stages() -> dict[str, Callable[[DictConfig, Path], dict[str, Any]]]:
-    from medsss.stages import curriculum, evaluate, evolve, merge, synthesize, train, view
+    from medsss.stages import curriculum, evaluate, evolve, merge, summarize, synthesize, train, view
 
     return {"synthesize": synthesize.run, "sft": train.run_sft, "prm": train.run_prm, "dpo": train.run_dpo,
             "evaluate": evaluate.run, "curriculum": curriculum.run, "evolve": evolve.run,
-            "view": view.run, "merge": merge.run}
+            "view": view.run, "merge": merge.run,
+            "summarize": summarize.run}
 
 
 def run_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -59,6 +61,8 @@ def main(cfg: DictConfig) -> float | None:
     # Before any model work: torch's pools are sized once, and a joblib multirun's jobs share the cores.
     jobs = parallel_jobs(hydra_cfg.launcher, multirun=hydra_cfg.mode == RunMode.MULTIRUN)
     configure_threads(cfg.get("threads"), jobs=jobs)
+    if hydra_cfg.mode == RunMode.MULTIRUN:  # the sweep's jobs log into one W&B group (logger.wandb.group)
+        os.environ.setdefault(RUN_GROUP_ENV, sweep_group(hydra_cfg.sweep.dir))
     metrics = run_stage(cfg, run_dir)
     log.info("%s finished; outputs in %s", cfg.stage.name, run_dir)
     # A scalar return lets sweepers (e.g. Optuna) optimise the stage's objective.

@@ -15,17 +15,26 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 if TYPE_CHECKING:
-    from lightning.pytorch.loggers import Logger
+    from lightning.pytorch.loggers import Logger, WandbLogger
 
 log = logging.getLogger(__name__)
+
+# The W&B group of runs that belong together (conf/logger/wandb.yaml reads it): the jobs of a
+# multirun set it to their sweep (medsss.run), the steps of an evolve run to that run.
+RUN_GROUP_ENV = "MEDSSS_RUN_GROUP"
 
 # Config keys whose values are never logged: credentials that may reach a config through an
 # environment interpolation. Matches "token", "hf_token", "wandb_api_key"; not "max_tokens".
 SECRET_KEY = re.compile(r"(^|[_.-])(api[_-]?key|token|secret|password|passwd|credentials?)$", re.IGNORECASE)
 REDACTED = "<redacted>"
+
+
+def sweep_group(sweep_dir: str | Path) -> str:
+    """The group of a sweep's jobs (and of its summary): ``sweep-<sweep directory name>``."""
+    return f"sweep-{Path(sweep_dir).name}"
 
 
 def redact_secrets(value: Any) -> Any:
@@ -61,16 +70,31 @@ class RunLoggers:
     def log_table(self, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """A table: a ``wandb.Table`` for W&B (any logger with ``log_table``), ``<name>.csv`` in the
         log directory of a CSV logger; other loggers skip it."""
-        if not self.loggers:
-            return
-        from lightning.pytorch.loggers import CSVLogger
-
         for logger in self.loggers:
-            log_table = getattr(logger, "log_table", None)
-            if callable(log_table):
-                log_table(key=name, columns=list(columns), data=[list(row) for row in rows])
-            elif isinstance(logger, CSVLogger):
-                write_csv_table(logger, name, columns, rows)
+            _log_plain_table(logger, name, columns, rows)
+
+    def log_html_table(self, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+                       html_column: str, pages: Sequence[str]) -> None:
+        """A table with one more column of HTML pages, one per row: W&B shows each page as a
+        ``wandb.Html`` cell; other loggers get the plain columns (as :meth:`log_table`)."""
+        if len(pages) != len(rows):
+            raise ValueError(f"table {name}: {len(pages)} pages for {len(rows)} rows")
+        for logger in self.loggers:
+            if is_wandb(logger):
+                import wandb
+
+                # inject=False: the page is shown as written (W&B would add its own stylesheet).
+                data = [[*row, wandb.Html(page, inject=False)] for row, page in zip(rows, pages, strict=True)]
+                logger.log_table(key=name, columns=[*columns, html_column], data=data)
+            else:
+                _log_plain_table(logger, name, columns, rows)
+
+    def log_image(self, name: str, path: str | Path) -> None:
+        """An image file (a plot the stage wrote) as a ``wandb.Image`` under ``name``; loggers
+        without media skip it (the file is in the run directory)."""
+        for logger in self.loggers:
+            if is_wandb(logger):
+                logger.log_image(key=name, images=[str(path)])
 
     def finalize(self, status: str) -> None:
         """Finalize every logger (one failing does not keep the others open) and end W&B runs."""
@@ -84,6 +108,22 @@ class RunLoggers:
                 errors.append(error)
         if errors and status == "success":
             raise errors[0]
+
+
+def is_wandb(logger: Any) -> TypeGuard[WandbLogger]:
+    from lightning.pytorch.loggers import WandbLogger
+
+    return isinstance(logger, WandbLogger)
+
+
+def _log_plain_table(logger: Any, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    log_table = getattr(logger, "log_table", None)
+    if callable(log_table):
+        log_table(key=name, columns=list(columns), data=[list(row) for row in rows])
+    elif isinstance(logger, CSVLogger):
+        write_csv_table(logger, name, columns, rows)
 
 
 def write_csv_table(logger: Any, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -42,9 +42,24 @@ def compose(overrides: list[str], config_dir: Path = CONF):
 
 
 def _compose_uncached(overrides: list[str], config_dir: Path):
-    from medsss.config_schema import compose as compose_config
+    """What :func:`medsss.config_schema.compose` does, but with the schemas put into Hydra's
+    ConfigStore once per session instead of once per call (a third of a composition's time);
+    tests/test_config.py checks that both give the same config."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
-    return compose_config(list(overrides), config_dir=str(config_dir))
+    from medsss.config_schema import check_config
+
+    _register_schemas()
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        return check_config(hydra_compose(config_name="config", overrides=list(overrides)))
+
+
+@functools.cache
+def _register_schemas() -> None:
+    from medsss.config_schema import register_configs
+
+    register_configs()
 
 
 @functools.cache
@@ -93,3 +108,15 @@ def pytest_collection_modifyitems(config, items):
         for marker, (skip, reason) in skips.items():
             if skip and item.get_closest_marker(marker) is not None:
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_collection_finish(session):
+    """Move what collection imported (torch, transformers, Lightning, Hydra: millions of objects
+    that live as long as the session) out of the garbage collector's view, so that the full
+    collections that config composition and model building trigger (they make many short-lived
+    objects) do not walk them all again (measured: 0.13-0.15 s a composition instead of
+    0.16-0.18 s)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()

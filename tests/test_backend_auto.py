@@ -31,10 +31,10 @@ def test_the_default_backend_picks_by_whether_vllm_is_importable(monkeypatch, in
     from medsss.generation.vllm_engine import VLLMBackend
 
     pretend_vllm(monkeypatch, installed=installed)
-    for stage in ("synthesize", "evaluate"):
-        factory = instantiate(compose([f"stage={stage}"]).backend)
+    for stage in ([], ["stage=evaluate"]):  # synthesis is the default stage
+        factory = instantiate(compose(stage).backend)
         assert factory.func is (VLLMBackend if installed else HFBackend), stage
-        chosen = compose([f"stage={stage}", f"backend={'vllm' if installed else 'hf'}"]).backend
+        chosen = compose([*stage, f"backend={'vllm' if installed else 'hf'}"]).backend
         settings = OmegaConf.to_container(chosen, resolve=True)
         assert factory.keywords == {k: v for k, v in settings.items() if not k.startswith("_")}, stage
 

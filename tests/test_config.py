@@ -33,6 +33,7 @@ STAGE_GROUPS = {
     "merge": set(),
     "curriculum": {"model", "backend", "data", "search"},
     "evolve": set(),  # each step composes its own config
+    "summarize": set(),  # reads only the sweep directory it is given
 }
 ROOT_KEYS = {"stage", "logger", "paths", "seed", "threads", "prompt", "benchmarks_dir"}
 ALL_GROUPS = set().union(*STAGE_GROUPS.values())
@@ -394,6 +395,17 @@ def test_every_schema_is_registered_and_composes_alone():
         assert f"{name}.yaml" in repo[group]
 
 
+def test_the_tests_compose_what_medsss_composes():
+    # conftest.compose registers the schemas once per session and reuses compositions; the
+    # configs it hands out are the ones medsss.config_schema.compose makes.
+    from medsss.config_schema import compose as compose_config
+
+    overrides = ["+experiment=prm_soft", "data.trees=unused"]
+    ours, theirs = compose(overrides), compose_config(overrides, config_dir=str(CONF))
+    assert OmegaConf.to_yaml(ours) == OmegaConf.to_yaml(theirs)
+    assert _schema_name(ours.stage) == _schema_name(theirs.stage) == "PRMStageSchema"
+
+
 # --- paths, debug, local -------------------------------------------------------------------------
 
 
@@ -426,7 +438,7 @@ def test_run_directories_follow_paths():
     ("evaluate", {"stage.limit": 2, "stage.n": 2}),
 ])
 def test_debug_default_is_a_run_of_seconds_for_every_stage(stage, expected):
-    normal = compose([f"stage={stage}", "logger=csv"])
+    normal = compose([f"stage={stage}"])
     cfg = compose([f"stage={stage}", "debug=default", "logger=csv"])  # command line wins over debug
     assert {key: OmegaConf.select(cfg, key) for key in expected} == expected
     assert set(cfg) == set(normal)  # the debug settings touch only keys the stage has

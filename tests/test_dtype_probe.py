@@ -206,13 +206,18 @@ def test_config_missing_a_size_names_file_and_key(tmp_path):
 # -- the real probe -------------------------------------------------------------------------------
 
 
-def test_real_probe_on_a_small_shape_picks_one_of_the_two(cache):
+def test_real_probe_on_a_small_shape_picks_the_dtype_its_own_timings_favour(cache):
     small = ModelShape(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2, num_kv_heads=1,
                        head_dim=32, vocab_size=512)
-    assert choose_dtype(small, "cpu", cache_file=cache) in (torch.bfloat16, torch.float32)
+    chosen = choose_dtype(small, "cpu", cache_file=cache)
     entry = json.loads(cache.read_text())["machine A"][small.key()]
     for name in ("bfloat16", "float32"):
-        assert min(entry[name][part] for part in ("attention_ms", "projections_ms", "lm_head_ms")) > 0
+        parts = [entry[name][part] for part in ("attention_ms", "projections_ms", "lm_head_ms")]
+        assert min(parts) > 0
+        # a step is every layer's attention and projections, then the LM head
+        assert entry[name]["step_ms"] == pytest.approx(small.num_layers * (parts[0] + parts[1]) + parts[2], rel=1e-3)
+    faster = min(("bfloat16", "float32"), key=lambda name: entry[name]["step_ms"])
+    assert entry["dtype"] == faster and chosen == getattr(torch, faster)
 
 
 def test_training_verdicts_are_cached_apart_from_decode_verdicts(cache):

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import BENCHMARKS, compose
+from conftest import BUNDLED_BENCHMARKS, compose
 from helpers import ScriptedBackend, build_tree, problem
 
 from medsss.evaluation.pipeline import write_predictions
@@ -61,7 +61,7 @@ def test_samples_are_split_into_steps_answered_scored_and_cached(tmp_path):
     assert again == rows and backend.calls == []  # the cache answers; nothing is generated
 
 
-@pytest.mark.skipif(not BENCHMARKS.exists(), reason="shared benchmarks not present")
+@pytest.mark.integration
 def test_eval_stage_writes_tables_grid_plots_and_resumes_from_its_cache(tmp_path, tiny_model):
     from medsss.training.prm_model import ProcessRewardModel
 
@@ -79,7 +79,8 @@ def test_eval_stage_writes_tables_grid_plots_and_resumes_from_its_cache(tmp_path
     })
     (held_out / "trees.jsonl").write_text(json.dumps({"id": "h", "question": "Q?", "answer": "A",
                                                       **tree.to_dict()}) + "\n")
-    overrides = ["+experiment=eval_bench", "model=tiny", "backend=hf", f"stage.prm.path={prm_dir}", "stage.limit=2",
+    overrides = ["+experiment=eval_bench", "model=tiny", "backend=hf", f"paths.data_dir={BUNDLED_BENCHMARKS}",
+                 f"stage.prm.path={prm_dir}", "stage.limit=2",
                  "stage.n=4", "stage.max_tokens=12", "stage.bootstrap=50", "stage.subsample_rounds=5", "logger=none",
                  f"stage.diagnostics.trees={held_out}"]
     run_dir = tmp_path / "eval"
@@ -94,9 +95,18 @@ def test_eval_stage_writes_tables_grid_plots_and_resumes_from_its_cache(tmp_path
     assert len(grid) - 1 == 7 * 3 * (1 + 3 * 5)  # 7 benchmarks x N in {1,2,4} x (sc + 3 PRM rules x 5 aggregations)
     predictions = [json.loads(line) for line in (run_dir / "predictions" / "medqa.jsonl").read_text().splitlines()]
     assert len(predictions) == 2 and {"id", "gold", "answer", "correct"} <= set(predictions[0])
+    assert [(p["id"], p["gold"]) for p in predictions] == [("0", "B"), ("1", "C")]  # the bundled MedQA.json
     assert metrics["generations_sampled"] == 7 * 2 * 5 and metrics["generation_calls"] > 0
     assert metrics["generations_without_cache"] > metrics["generations_sampled"]
-    assert 0.0 <= metrics["prm_ece"] <= 1.0 and metrics["prm_diagnostic_steps"] == 2
+    # calibration of the PRM at stage.prm.path against the held-out rollout values of steps 1..K
+    from medsss.evaluation.diagnostics import calibration
+    from medsss.training.prm_model import PRMScorer
+
+    scorer = PRMScorer(ProcessRewardModel.from_causal_lm(str(prm_dir)), AutoTokenizer.from_pretrained(prm_dir),
+                       compose(overrides).prompt.system)
+    [scores] = scorer.score("Q?", [[tree.root.text, "a", "f"]])
+    assert metrics["prm_diagnostic_steps"] == 2
+    assert metrics["prm_ece"] == pytest.approx(calibration(scores, [0.5, 0.0])[1], abs=1e-6)
     assert (run_dir / "plots" / "reliability.png").exists() and (run_dir / "abstention.csv").exists()
     assert "First-error detection" in (run_dir / "diagnostics.md").read_text()
 
@@ -209,11 +219,12 @@ def test_a_prm_decode_without_a_prm_falls_back_to_sc_with_one_warning(caplog):
     assert decode_choice("pvs", "min", 16, has_prm=True, greedy_sampled=True) == DecodeChoice("pvs", "min", 16)
 
 
-@pytest.mark.skipif(not BENCHMARKS.exists(), reason="shared benchmarks not present")
+@pytest.mark.integration
 def test_eval_stage_without_a_prm_reports_prm_strategies_not_run_and_ends_cleanly(tmp_path, caplog):
     from omegaconf import open_dict
 
-    cfg = compose(["+experiment=eval_bench", "model=tiny", "backend=hf", "stage.limit=1", "stage.n=2", "stage.max_tokens=8",
+    cfg = compose(["+experiment=eval_bench", "model=tiny", "backend=hf", f"paths.data_dir={BUNDLED_BENCHMARKS}",
+                   "stage.limit=1", "stage.n=2", "stage.max_tokens=8",
                    "stage.bootstrap=20", "logger=csv"])
     with open_dict(cfg):
         cfg.suite.benchmarks = [b for b in cfg.suite.benchmarks if b.name in ("medqa", "drugdose")]

@@ -26,13 +26,26 @@ def lines(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+    """A 4-problem run logged to W&B offline; also what the stage handed the W&B logger."""
+    from lightning.pytorch.loggers import WandbLogger
+
     run_dir = tmp_path_factory.mktemp("synth")
-    metrics = synthesize(compose([*TINY, "data.limit=4", "logger=wandb"]), run_dir)
-    return run_dir, metrics
+    to_wandb: list[tuple[dict, int | None]] = []
+    log_metrics = WandbLogger.log_metrics
+
+    def spy(self, metrics, step=None):
+        to_wandb.append((dict(metrics), step))
+        return log_metrics(self, metrics, step)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(WandbLogger, "log_metrics", spy)
+        metrics = synthesize(compose([*TINY, "data.limit=4", "logger=wandb"]), run_dir)
+    return run_dir, metrics, to_wandb
 
 
+@pytest.mark.integration
 def test_a_run_writes_trees_trajectories_and_metrics(tiny_run):
-    run_dir, metrics = tiny_run
+    run_dir, metrics, _ = tiny_run
     trees = lines(run_dir / "trees.jsonl")
     expected_ids = [json.loads(line)["id"] for line in bundled_medqa_path().read_text().splitlines()[:4]]
     assert sorted(t["id"] for t in trees) == sorted(expected_ids)
@@ -57,12 +70,23 @@ def test_a_run_writes_trees_trajectories_and_metrics(tiny_run):
     assert json.loads((run_dir / "metrics.json").read_text())["stored_trees"] == 4
 
 
-def test_wandb_offline_run_is_logged(tiny_run):
-    run_dir, _ = tiny_run
-    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
-    assert offline_runs, "logger=wandb with WANDB_MODE=offline writes an offline run"
+@pytest.mark.integration
+def test_wandb_gets_live_metrics_per_problem_and_the_final_metrics_offline(tiny_run):
+    run_dir, metrics, to_wandb = tiny_run
+    [offline] = (run_dir / "wandb").glob("offline-run-*")  # WANDB_MODE=offline: one local run
+    assert list(offline.glob("*.wandb"))
+    live = [(values, step) for values, step in to_wandb if step is not None]
+    [final] = [values for values, step in to_wandb if step is None and "synthesis/stored_trees" in values]
+    # one line per finished problem, stepped by the problems done so far
+    assert [(values["synthesis/problems_done"], step) for values, step in live] == [(k, k) for k in (1, 2, 3, 4)]
+    numeric = {f"synthesis/{k}": v for k, v in metrics.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    assert {k: final[k] for k in numeric} == numeric and numeric["synthesis/stored_trees"] == 4
+    [table] = [values["sample_trajectories"] for values, _ in to_wandb if "sample_trajectories" in values]
+    assert table.columns == ["id", "answer", "correct", "min_value", "solution"] and table.data
 
 
+@pytest.mark.integration
 def test_the_tracker_gets_the_prefix_cache_hit_rate_live_and_at_the_end(tmp_path):
     import csv
 
@@ -76,10 +100,11 @@ def test_the_tracker_gets_the_prefix_cache_hit_rate_live_and_at_the_end(tmp_path
     assert table[0] == "id,answer,correct,min_value,solution" and len(table) > 1
 
 
+@pytest.mark.integration
 def test_trees_do_not_depend_on_how_many_are_searched_together(tiny_run, tmp_path):
     """Each request samples from its own seed, so batching other trees' requests beside it changes
     nothing: one tree at a time gives the trees of the concurrent run, node for node."""
-    run_dir, _ = tiny_run
+    run_dir, _, _ = tiny_run
     synthesize(compose([*TINY, "data.limit=4", "search.concurrent_trees=1"]), tmp_path)
 
     def nodes(path):
@@ -88,14 +113,16 @@ def test_trees_do_not_depend_on_how_many_are_searched_together(tiny_run, tmp_pat
     assert nodes(tmp_path / "trees.jsonl") == nodes(run_dir / "trees.jsonl")
 
 
+@pytest.mark.integration
 def test_rerun_into_the_same_directory_searches_nothing_again(tiny_run):
-    run_dir, _ = tiny_run
+    run_dir, _, _ = tiny_run
     before = (run_dir / "trees.jsonl").read_text()
     metrics = synthesize(compose([*TINY, "data.limit=4"]), run_dir)
     assert metrics["searched_this_run"] == 0 and "generation_calls" not in metrics  # no backend started
     assert (run_dir / "trees.jsonl").read_text() == before
 
 
+@pytest.mark.integration
 def test_a_run_killed_part_way_resumes_with_every_id_stored_once(tmp_path):
     command = [sys.executable, "-m", "medsss.run", *TINY, "data.limit=6", "search.concurrent_trees=1",
                f"hydra.run.dir={tmp_path}"]
@@ -134,6 +161,7 @@ def test_a_malformed_row_stops_the_run_before_any_generation(tmp_path):
     assert not (run_dir / "trees.jsonl").exists()
 
 
+@pytest.mark.integration
 def test_skip_invalid_searches_the_good_rows(tmp_path):
     data = tmp_path / "mixed.jsonl"
     data.write_text(

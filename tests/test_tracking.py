@@ -61,6 +61,7 @@ def test_a_synthesis_stage_that_raises_leaves_a_finalized_run(tmp_path):
     assert hparams["data"]["path"] == str(tmp_path / "missing.jsonl")
 
 
+@pytest.mark.integration  # starts W&B's own service process: seconds of wall time
 def test_wandb_runs_are_finished_offline_and_marked_failed_on_error(tmp_path):
     wandb = pytest.importorskip("wandb")
 

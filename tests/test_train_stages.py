@@ -27,15 +27,31 @@ def trees(training_trees):
     return training_trees
 
 
-def test_sft_stage_saves_an_adapter_and_a_merged_policy_the_backend_loads(trees, tmp_path):
+@pytest.mark.integration
+def test_sft_stage_saves_an_adapter_and_a_merged_policy_the_backend_loads(trees, tiny_model, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
     metrics = run_stage(compose(["+experiment=sft_policy", f"data.trees={trees}", *TINY]), tmp_path)
     assert metrics["view_chains"] == 8 and metrics["train_chains"] + metrics["val_chains"] == 8
-    assert (tmp_path / "final" / "adapter_config.json").exists()
     assert len((tmp_path / "sft.jsonl").read_text().splitlines()) == 8
-    backend = HFBackend(ModelSpec(id="next-round", source=str(tmp_path / "final" / "merged")), device="cpu")
-    [[completion]] = backend.generate([GenerationRequest(({"role": "user", "content": "Q?"},), "Step 0:",
-                                                         temperature=0.0, max_tokens=4)])
-    assert completion.generated_tokens >= 1
+    # final/merged is the base with the trained adapter (final/) folded in: the adapter's logits on
+    # its base, which training moved away from the base's own.
+    ids = torch.tensor([[5, 17, 230, 41, 9, 300]])
+    base_model = AutoModelForCausalLM.from_pretrained(tiny_model.resolve())
+    with torch.no_grad():
+        base = base_model(input_ids=ids).logits
+        adapted = PeftModel.from_pretrained(base_model, tmp_path / "final")(input_ids=ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(tmp_path / "final" / "merged")(input_ids=ids).logits
+    torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=1e-4)
+    assert (merged - base).abs().max() > 1e-4
+    # the next round's generation backend loads the merged policy as it loads the adapter on its base
+    request = GenerationRequest(({"role": "user", "content": "Q?"},), "Step 0:", temperature=0.0, max_tokens=6)
+    texts = [HFBackend(spec, device="cpu").generate([request])[0][0].text for spec in (
+        ModelSpec(id="next-round", source=str(tmp_path / "final" / "merged")),
+        ModelSpec(id="adapter", source=tiny_model.resolve(), adapter=str(tmp_path / "final")))]
+    assert texts[0] == texts[1]
     assert json.loads((tmp_path / "metrics.json").read_text())["stage"] == "sft"
     assert metrics["train_tokens_per_second_mean"] > 0 and metrics["gradient_checkpointing"] == "auto"
 
@@ -45,6 +61,7 @@ def test_sft_stage_saves_an_adapter_and_a_merged_policy_the_backend_loads(trees,
     ("prm_hard", [0.0, 1.0]),
     ("prm_value_dynamics", [0.5, 1.0]),  # step 1 unshaped (V_1 = 0.5); 1.0 - (0.5 - 1.0) -> 1
 ])
+@pytest.mark.integration
 def test_prm_stage_labels_by_rule_and_saves_a_scorer(trees, tmp_path, experiment, expected_labels):
     metrics = run_stage(compose([f"+experiment={experiment}", f"data.trees={trees}", *TINY]), tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "prm.jsonl").read_text().splitlines()]
@@ -62,6 +79,7 @@ def _checkpointing(model) -> bool:
     return model.get_base_model().is_gradient_checkpointing
 
 
+@pytest.mark.integration
 def test_value_dynamics_can_shape_step_one_against_the_root(trees, tmp_path):
     overrides = ["+experiment=prm_value_dynamics", f"data.trees={trees}", *TINY,
                  "stage.labels.shape_step_one=true", "trainer.max_steps=1"]
@@ -143,6 +161,7 @@ def test_stage_dtype_auto_without_lora_trains_in_float32_on_cpu(tiny_model, monk
     assert asked == [] and {p.dtype for p in model.parameters()} == {torch.float32}
 
 
+@pytest.mark.integration
 def test_training_resumes_from_the_latest_checkpoint(trees, tmp_path):
     base = ["+experiment=prm_soft", f"data.trees={trees}", *TINY, "stage.checkpoint_every=1",
             "trainer.max_epochs=5"]
@@ -157,29 +176,66 @@ def test_training_without_trees_is_a_clear_error(tmp_path):
         run_stage(compose(["+experiment=prm_soft", *TINY]), tmp_path)
 
 
-def test_two_process_ddp_on_cpu_finishes_and_saves(trees, tmp_path):
+@pytest.mark.integration
+def test_two_process_ddp_on_cpu_splits_the_batches_and_saves(trees, tmp_path):
     command = [sys.executable, "-m", "medsss.run", "+experiment=prm_soft", f"data.trees={trees}", *TINY,
                "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"hydra.run.dir={tmp_path}"]
     done = subprocess.run(command, cwd=ROOT, env={**os.environ, "WANDB_MODE": "offline"},
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "final" / "value_head.safetensors").exists()
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["global_steps"] >= 1
+    # 14 training chains in batches of 2 are 7 batches; each rank takes every other one of the
+    # first 6 (ranks take equally many), so one epoch is 3 optimizer steps instead of 7.
+    assert (metrics["train_chains"], metrics["global_steps"]) == (14, 3)
+    model = ProcessRewardModel.from_causal_lm(str(tmp_path / "final"))  # saved once, by rank 0
+    from transformers import AutoTokenizer
+
+    [scores] = PRMScorer(model, AutoTokenizer.from_pretrained(tmp_path / "final"), None).score(
+        "Case 0?", [["Let's break down this problem step by step.", "idea 0", "The answer is A."]])
+    assert len(scores) == 2 and all(0 < s < 1 for s in scores)
 
 
-@pytest.mark.parametrize("logger, produced", [("csv", "logs/version_0/metrics.csv"), ("wandb", "wandb")])
-def test_training_logs_to_csv_or_wandb_offline(trees, tmp_path, logger, produced):
-    overrides = ["+experiment=prm_soft", f"data.trees={trees}", *TINY, f"logger={logger}"]
+@pytest.mark.integration
+def test_training_logs_to_csv(trees, tmp_path):
+    overrides = ["+experiment=prm_soft", f"data.trees={trees}", *TINY, "logger=csv"]
     run_stage(compose(overrides), tmp_path)
-    assert (tmp_path / produced).exists()
-    if logger == "csv":
-        header = (tmp_path / produced).read_text().splitlines()[0]
-        assert "train/loss" in header and "val/step_auroc" in header
-        hparams = yaml.safe_load((tmp_path / "logs" / "version_0" / "hparams.yaml").read_text())
-        assert hparams["stage"]["name"] == "prm" and hparams["stage"]["optim"]["optimizer"]["lr"] == 5e-5
+    header = (tmp_path / "logs" / "version_0" / "metrics.csv").read_text().splitlines()[0]
+    assert "train/loss" in header and "val/step_auroc" in header
+    hparams = yaml.safe_load((tmp_path / "logs" / "version_0" / "hparams.yaml").read_text())
+    assert hparams["stage"]["name"] == "prm" and hparams["stage"]["optim"]["optimizer"]["lr"] == 5e-5
 
 
+@pytest.mark.integration
+def test_training_logs_every_step_and_the_config_to_wandb_offline(trees, tmp_path, monkeypatch):
+    from lightning.pytorch.loggers import WandbLogger
+
+    sent: list[tuple[dict, int | None]] = []
+    configs: list[dict] = []
+    log_metrics, log_hyperparams = WandbLogger.log_metrics, WandbLogger.log_hyperparams
+
+    def spy_metrics(self, metrics, step=None):
+        sent.append((dict(metrics), step))
+        return log_metrics(self, metrics, step)
+
+    def spy_hyperparams(self, params, *args, **kwargs):
+        configs.append(params)
+        return log_hyperparams(self, params, *args, **kwargs)
+
+    monkeypatch.setattr(WandbLogger, "log_metrics", spy_metrics)
+    monkeypatch.setattr(WandbLogger, "log_hyperparams", spy_hyperparams)
+    overrides = ["+experiment=prm_soft", f"data.trees={trees}", *TINY, "logger=wandb",
+                 "trainer.log_every_n_steps=1"]
+    metrics = run_stage(compose(overrides), tmp_path)
+    [offline] = (tmp_path / "wandb").glob("offline-run-*")
+    assert list(offline.glob("*.wandb"))
+    losses = [(step, values["train/loss"]) for values, step in sent if "train/loss" in values]
+    assert [step for step, _ in losses] == list(range(metrics["global_steps"])) == list(range(7))
+    assert losses[-1][1] == pytest.approx(metrics["train_loss"])
+    assert any("val/step_auroc" in values for values, _ in sent)
+    assert configs[0]["stage"]["name"] == "prm" and configs[0]["data"]["trees"] == str(trees)
+
+
+@pytest.mark.integration
 def test_the_configured_optimizer_schedule_and_callbacks_reach_the_trainer(trees, tmp_path):
     import csv
 
@@ -229,12 +285,17 @@ def test_moved_training_helpers_keep_working():
     assert resolve_ckpt_path("some.ckpt", Path("/nonexistent")) == "some.ckpt"
 
 
-def test_an_unmerged_prm_adapter_loads_on_its_base(trees, tmp_path):
-    run_stage(compose(["+experiment=prm_soft", f"data.trees={trees}", *TINY, "stage.merge=false"]), tmp_path)
-    assert (tmp_path / "final" / "adapter_config.json").exists()
-    model = ProcessRewardModel.from_causal_lm(str(tmp_path / "final"))
+@pytest.mark.integration
+def test_an_unmerged_prm_adapter_loads_on_its_base_with_the_scores_of_the_merged_save(trees, tmp_path):
     from transformers import AutoTokenizer
 
-    scores = PRMScorer(model, AutoTokenizer.from_pretrained(tmp_path / "final"), None).score(
-        "Case 0?", [["Let's break down this problem step by step.", "idea 0", "The answer is A."]])
-    assert len(scores[0]) == 2
+    chain = ["Let's break down this problem step by step.", "idea 0", "The answer is A."]
+    scores = {}
+    for merge in (False, True):  # the same seeded training, saved both ways
+        run_dir = tmp_path / f"merge_{merge}"
+        run_stage(compose(["+experiment=prm_soft", f"data.trees={trees}", *TINY, f"stage.merge={merge}"]), run_dir)
+        assert (run_dir / "final" / "adapter_config.json").exists() is not merge
+        model = ProcessRewardModel.from_causal_lm(str(run_dir / "final"))
+        [scores[merge]] = PRMScorer(model, AutoTokenizer.from_pretrained(run_dir / "final"), None).score(
+            "Case 0?", [chain])
+    assert len(scores[False]) == 2 and scores[False] == pytest.approx(scores[True], abs=1e-5)

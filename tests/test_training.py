@@ -48,6 +48,7 @@ def tokenizer(tiny_model):
     return AutoTokenizer.from_pretrained(tiny_model.resolve())
 
 
+@pytest.mark.integration
 def test_prm_learns_step_labels_to_a_held_out_auroc_above_0_9(tiny_model, tokenizer):
     torch.manual_seed(0)
     train, held_out = synthetic_chains(200, seed=1), synthetic_chains(60, seed=2)
@@ -70,6 +71,7 @@ def test_prm_learns_step_labels_to_a_held_out_auroc_above_0_9(tiny_model, tokeni
     assert fit.callback_metrics["val/step_auroc"] > 0.9
 
 
+@pytest.mark.integration
 def test_sft_lowers_the_response_loss(tiny_model, tokenizer):
     torch.manual_seed(0)
     chains = [(f"Case {i}: which drug reverses opioids?", ["Let's break down this problem step by step.",

@@ -11,7 +11,8 @@ from conftest import compose
 from medsss.data.prompts import STEP_ZERO, build_messages, continuation_prefill
 from medsss.generation.base import GenerationRequest
 
-pytestmark = pytest.mark.vllm
+# Each test drives a vLLM engine on the tiny model (an engine start takes tens of seconds on CPU).
+pytestmark = [pytest.mark.vllm, pytest.mark.integration]
 
 QUESTIONS = [
     "A 3-year-old has a barking cough. Most likely cause?\nA. RSV\nB. Parainfluenza virus",
@@ -137,16 +138,39 @@ def test_a_policy_adapter_served_as_lora_or_merged_matches_the_hf_backend(tiny_m
 
 
 def test_synthesis_with_vllm_writes_the_same_outputs_as_hf(tmp_path):
+    from medsss.data.verify import extract_answer, is_correct
     from medsss.run import run_stage
+    from medsss.search.export import trajectories
 
     # Many trees at once: large batches of seeded requests (the case chunked prefill broke).
     common = ["model=tiny", "search=tiny", "data.limit=8", "logger=none", "search.concurrent_trees=8"]
     metrics = run_stage(compose([*common, "backend=vllm", "backend.cpu_kvcache_space_gb=1"]), tmp_path / "vllm")
     reference = run_stage(compose([*common, "backend=hf"]), tmp_path / "hf")
-    trees = [json.loads(line) for line in (tmp_path / "vllm" / "trees.jsonl").read_text().splitlines()]
-    assert len(trees) == 8 and metrics["stored_trees"] == 8 and metrics["failed_this_run"] == 0
-    assert sorted(p.name for p in (tmp_path / "vllm").iterdir()) == sorted(p.name for p in (tmp_path / "hf").iterdir())
-    assert set(metrics) == set(reference)
+    assert metrics["stored_trees"] == 8 and metrics["failed_this_run"] == 0
+
+    def outputs(run_dir):
+        read = [json.loads(line) for line in (run_dir / "trees.jsonl").read_text().splitlines()]
+        paths = [json.loads(line) for line in (run_dir / "trajectories.jsonl").read_text().splitlines()]
+        return read, paths, json.loads((run_dir / "metrics.json").read_text())
+
+    trees, paths, written = outputs(tmp_path / "vllm")
+    hf_trees, hf_paths, hf_written = outputs(tmp_path / "hf")
+    # The same problems searched under the same settings (the sampled text differs between engines:
+    # each draws its own random numbers) ...
+    def problems(records):
+        return sorted((r["id"], r["question"], r["answer"], json.dumps(r.get("options")), r["search_hash"])
+                      for r in records)
+
+    assert len(trees) == 8 and problems(trees) == problems(hf_trees)
+    # ... each run's trajectories are the chains of its own trees, every finish graded by the rule ...
+    for records, chains in ((trees, paths), (hf_trees, hf_paths)):
+        assert chains == [trajectories(record) for record in records]
+        for record in records:
+            for node in (n for n in record["nodes"] if n["kind"] == "finish"):
+                verdict = is_correct(extract_answer(node["text"]), record["answer"], options=record.get("options"))
+                assert node["correct"] == verdict and node["value"] == float(verdict)
+    # ... and metrics.json reports the same quantities, as the stage returned them.
+    assert (written, hf_written) == (metrics, reference) and set(metrics) == set(reference)
     assert metrics["prefix_cache_hit_rate"] > 0.5  # MCTS prompts share long prefixes
 
 

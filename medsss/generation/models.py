@@ -19,6 +19,7 @@ from typing import Any
 
 EMBEDDED_SMOLLM2 = "embedded:smollm2-135m-instruct"
 TINY = "tiny"
+PROVING_GROUND = "proving_ground"
 
 
 def cache_root() -> Path:
@@ -41,6 +42,8 @@ class ModelSpec:
     tiny: dict[str, Any] = field(default_factory=dict)  # LlamaConfig overrides for source=tiny
     tokenizer: str = "bpe"  # source=tiny: "bpe" (4k vocabulary) or "smollm2" (49k)
     adapter: str | None = None  # a LoRA adapter folder, merged into the weights at load time
+    # source=proving_ground: medsss.proving_ground.pretrain.PretrainSettings (LlamaConfig overrides in tiny)
+    pretrain: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
 
     def resolve(self) -> str:
@@ -49,6 +52,10 @@ class ModelSpec:
             return str(embedded_smollm2_path())
         if self.source == TINY:
             return str(tiny_llama_path(self.tiny, seed=self.seed, tokenizer=self.tokenizer))
+        if self.source == PROVING_GROUND:
+            from medsss.proving_ground.pretrain import proving_ground_path
+
+            return str(proving_ground_path(self.tiny, self.pretrain, seed=self.seed))
         path = Path(self.source).expanduser()
         return str(path) if path.exists() else self.source
 

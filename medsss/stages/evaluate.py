@@ -129,6 +129,10 @@ def _evaluate(cfg: DictConfig, run_dir: Path, tracking: RunLoggers, started: flo
     grid_rows = [row for e in evaluations for row in e.grid]
     if grid_rows:
         tracking.log_table("grid", list(grid_rows[0]), [list(r.values()) for r in grid_rows])
+    for evaluation in evaluations:  # the accuracy-vs-N plots the pipeline drew
+        plot = run_dir / "plots" / f"{evaluation.name}.png"
+        if plot.exists():
+            tracking.log_image(f"accuracy_vs_n/{evaluation.name}", plot)
     tracking.log_metrics(metrics)
     backend.close()
     return metrics

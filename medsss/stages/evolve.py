@@ -15,6 +15,7 @@ later step again).
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from medsss.evolve.plan import EvolveSettings, Policy, StepPlan, quoted, round_p
 from medsss.evolve.report import round_rows, write_report
 from medsss.io import read_json
 from medsss.search.store import config_hash
+from medsss.tracking import RUN_GROUP_ENV
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     overrides = {name: [str(o) for o in values] for name, values in stage.overrides.items()}
     started = time.perf_counter()
     run_dir = run_dir.resolve()
+    # Every step's W&B run joins this evolve run's group (subprocess steps inherit the variable).
+    os.environ.setdefault(RUN_GROUP_ENV, f"evolve-{run_dir.name}")
     base = compose_step(["stage=synthesize", *overrides.get("all", []), *overrides.get("synthesize", [])])
     settings = EvolveSettings(
         rounds=int(stage.rounds), curriculum=bool(stage.curriculum), dpo=bool(stage.dpo),

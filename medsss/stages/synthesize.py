@@ -25,6 +25,7 @@ from medsss.search.scheduler import run_searches
 from medsss.search.store import TreeStore, config_hash
 from medsss.stages.common import tracked_stage
 from medsss.tracking import RunLoggers
+from medsss.viewer.table import tree_table
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,9 @@ def _synthesize(cfg: DictConfig, run_dir: Path, tracking: RunLoggers, started: f
     write_json(run_dir / "metrics.json", metrics)
     tracking.log_metrics({"synthesis/" + k: v for k, v in metrics.items()})
     tracking.log_table("sample_trajectories", *sample_chain_table(store.records(), cfg.stage.table_rows))
+    if tracking.loggers:  # drawing the trees costs a page each: only when something logs them
+        columns, rows, pages = tree_table(store.records(), cfg.stage.table_rows, str(store.path))
+        tracking.log_html_table("trees", columns, rows, "tree", pages)
     if backend is not None:
         backend.close()
     log.info(

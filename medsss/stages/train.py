@@ -219,7 +219,9 @@ def _fit(cfg: DictConfig, run_dir: Path, tracking: RunLoggers, module, data, sta
                           logger=tracking.loggers or False)
     ckpt_path = resolve_ckpt_path(cfg.stage.ckpt_path,
                                   checkpoint_directory(callbacks, run_dir / "checkpoints"))
-    trainer.fit(module, data, ckpt_path=ckpt_path)
+    # weights_only: a checkpoint is tensors and plain containers; a pickled object planted in one
+    # is refused instead of run.
+    trainer.fit(module, data, ckpt_path=ckpt_path, weights_only=True)
     metrics = {
         "stage": cfg.stage.name,
         "model": cfg.model.id,

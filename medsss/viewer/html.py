@@ -167,7 +167,7 @@ def embed_json(data: Any) -> str:
         text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except ValueError as error:  # NaN or infinity: the browser's JSON.parse would reject the page
         raise ViewerError(f"a tree holds a value JSON cannot carry ({error})") from None
-    return text
+    return text.replace("<", "\\u003c")
 
 
 def render_viewer(runs: Sequence[ViewerRun], limit: int | None = None,
