@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -35,6 +36,21 @@ REDACTED = "<redacted>"
 def sweep_group(sweep_dir: str | Path) -> str:
     """The group of a sweep's jobs (and of its summary): ``sweep-<sweep directory name>``."""
     return f"sweep-{Path(sweep_dir).name}"
+
+
+@contextmanager
+def joined_group(group: str) -> Iterator[None]:
+    """``$MEDSSS_RUN_GROUP`` set to ``group`` (unless already set) while the block runs: the W&B runs
+    of a stage (a summary joins its sweep's jobs) or of its steps (an evolve run's) share a group;
+    the variable is as before afterwards."""
+    earlier = os.environ.get(RUN_GROUP_ENV)
+    if earlier is None:
+        os.environ[RUN_GROUP_ENV] = group
+    try:
+        yield
+    finally:
+        if earlier is None:
+            os.environ.pop(RUN_GROUP_ENV, None)
 
 
 def redact_secrets(value: Any) -> Any:

@@ -31,8 +31,8 @@ def compose(overrides: list[str], config_dir: Path = CONF):
     """The config ``python -m medsss.run`` would compose (schemas registered, added keys checked).
 
     Compositions of the project's own ``conf/`` are made once per override list and handed out as
-    copies (a composition takes about a second on the shared 2-core machine, a copy 30 ms; many
-    tests compose the same few configs). A composition that fails is not remembered: it fails
+    copies (a composition takes 0.15-0.7 s on the shared 2-core machine, by its load, a copy
+    30 ms; many tests compose the same few configs). A composition that fails is not remembered: it fails
     again. Other config folders (copies a test edits) are composed every time."""
     import copy
 
@@ -43,7 +43,8 @@ def compose(overrides: list[str], config_dir: Path = CONF):
 
 def _compose_uncached(overrides: list[str], config_dir: Path):
     """What :func:`medsss.config_schema.compose` does, but with the schemas put into Hydra's
-    ConfigStore once per session instead of once per call (a third of a composition's time);
+    ConfigStore once per session instead of once per call (a fifth to a third of a composition's
+    time, profiled);
     tests/test_config.py checks that both give the same config."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir

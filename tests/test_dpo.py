@@ -285,6 +285,7 @@ def trees(tmp_path_factory):
 TINY = ["model=tiny", "logger=none", "trainer.enable_progress_bar=false", "stage.batch_size=2"]
 
 
+@pytest.mark.integration
 def test_dpo_stage_writes_pairs_metrics_and_a_policy_the_backend_loads(trees, tmp_path):
     cfg = compose(["+experiment=dpo_policy", f"data.trees={trees}", *TINY, "trainer.max_steps=2",
                    "trainer.limit_train_batches=2"])
@@ -306,6 +307,7 @@ def test_dpo_stage_writes_pairs_metrics_and_a_policy_the_backend_loads(trees, tm
     assert completion.generated_tokens >= 1
 
 
+@pytest.mark.integration
 def test_dpo_stage_refuses_full_fine_tuning(trees, tmp_path):
     cfg = compose(["+experiment=dpo_policy", f"data.trees={trees}", *TINY, "stage.lora.enabled=false"])
     with pytest.raises(ValueError, match="stage.lora.enabled=true"):

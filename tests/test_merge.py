@@ -204,6 +204,7 @@ def test_a_merge_never_overwrites_a_store(tmp_path):
         merge([shard], out)
 
 
+@pytest.mark.integration
 def test_sharded_synthesis_on_the_tiny_model_merges_into_the_unsharded_problem_set(tmp_path):
     """Real shard directories: the config as Hydra saves it (unresolved) and stores the synthesis
     stage wrote."""

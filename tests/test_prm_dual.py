@@ -268,6 +268,7 @@ def trees(tmp_path_factory):
     return run
 
 
+@pytest.mark.integration
 def test_the_prm_stage_trains_a_dual_prm_the_evaluation_scorer_loads(trees, tmp_path):
     from medsss.evaluation.scorer import load_prm_scorer
     from medsss.run import run_stage

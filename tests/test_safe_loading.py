@@ -28,6 +28,7 @@ def _plant(path, marker):
     torch.save({"state_dict": {}, "payload": _Planted(marker)}, path)
 
 
+@pytest.mark.integration
 def test_a_checkpoint_with_a_planted_pickle_is_refused_on_resume(tmp_path):
     import json
 
@@ -54,6 +55,7 @@ def test_a_checkpoint_with_a_planted_pickle_is_refused_on_resume(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.integration
 def test_a_model_folder_with_only_a_pickled_weights_file_is_not_executed(tmp_path, tiny_model):
     """A folder whose weights are only a pickle: transformers reads it with weights_only=True, which
     refuses the planted object, and the pickle never runs."""

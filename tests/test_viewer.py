@@ -211,6 +211,7 @@ def open_page(browser, tmp_path):
         page.close()
 
 
+@pytest.mark.integration
 def test_the_page_loads_and_draws_every_node_of_the_tree(open_page, runs):
     page = open_page([runs[0]])
     assert page.locator("svg.tree .node").count() == 6  # the fixture's six nodes
@@ -223,6 +224,7 @@ def test_the_page_loads_and_draws_every_node_of_the_tree(open_page, runs):
     assert page.title() == "medsss search trees"  # the hostile text ran nothing
 
 
+@pytest.mark.integration
 def test_clicking_a_finish_node_shows_its_answer_and_path(open_page, runs):
     page = open_page([runs[0]])
     page.locator("svg.tree .node.wrong").click()
@@ -235,6 +237,7 @@ def test_clicking_a_finish_node_shows_its_answer_and_path(open_page, runs):
     assert page.locator('#node-fields tr[data-field="answer"] td.value').text_content() == "A"
 
 
+@pytest.mark.integration
 def test_runs_are_side_by_side_and_filters_narrow_the_problem_list(open_page, runs):
     page = open_page(list(runs))
     assert page.locator("#columns .column").count() == 2

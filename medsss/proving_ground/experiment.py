@@ -77,7 +77,7 @@ def run_seed(seed: int, out: Path, experiment: str, extra: Sequence[str], rules:
     directory = (out / f"seed{seed}").resolve()
     run_medsss([f"+experiment={experiment}", f"seed={seed}", *extra], directory)
     steps = experiment_overrides(experiment, extra)
-    common = [*steps.get("all", []), f"seed={seed}"]
+    common = [*steps.get("all", []), f"seed={seed}"]  # (the seed after "all"'s seed=${seed}: it wins)
     trees = directory / "rounds" / "1" / "synthesize"
     for rule in rules:
         target = directory / "ablations" / f"prm_{rule}"
@@ -284,6 +284,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-rules", dest="rules", action="store_false",
                         help="skip the label-rule ablations (hard, value_dynamics PRMs on the same trees)")
     parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--results", default="results", help="name of the table, JSON and plot files in --out")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides of +experiment=<experiment>")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -303,10 +304,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     given = list(argv) if argv is not None else sys.argv[1:]
     command = "python -m medsss.proving_ground.experiment " + " ".join(given)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"summary": summary, "per_seed": per_seed}, indent=1))
-    (args.out / "results.md").write_text(markdown(summary, command.strip(), wall))
-    plot(summary, args.out / "accuracy_vs_n.png")
-    log.info("proving ground: %s", args.out / "results.md")
+    (args.out / f"{args.results}.json").write_text(json.dumps({"summary": summary, "per_seed": per_seed},
+                                                                indent=1))
+    (args.out / f"{args.results}.md").write_text(markdown(summary, command.strip(), wall))
+    plot(summary, args.out / f"{args.results}_accuracy_vs_n.png")
+    log.info("proving ground: %s", args.out / f"{args.results}.md")
     return summary
 
 

@@ -15,7 +15,6 @@ later step again).
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from medsss.evolve.plan import EvolveSettings, Policy, StepPlan, quoted, round_p
 from medsss.evolve.report import round_rows, write_report
 from medsss.io import read_json
 from medsss.search.store import config_hash
-from medsss.tracking import RUN_GROUP_ENV
+from medsss.tracking import joined_group
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +84,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     run_dir = run_dir.resolve()
     # Every step's W&B run joins this evolve run's group (subprocess steps inherit the variable).
-    os.environ.setdefault(RUN_GROUP_ENV, f"evolve-{run_dir.name}")
+    with joined_group(f"evolve-{run_dir.name}"):
+        return _run_rounds(stage, run_dir, overrides, started)
+
+
+def _run_rounds(stage: DictConfig, run_dir: Path, overrides: dict[str, list[str]],
+                started: float) -> dict[str, Any]:
     base = compose_step(["stage=synthesize", *overrides.get("all", []), *overrides.get("synthesize", [])])
     settings = EvolveSettings(
         rounds=int(stage.rounds), curriculum=bool(stage.curriculum), dpo=bool(stage.dpo),

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 from medsss.io import write_json
 from medsss.stages.common import tracked_stage
 from medsss.sweep import write_summary
-from medsss.tracking import RUN_GROUP_ENV, numeric, sweep_group
+from medsss.tracking import joined_group, numeric, sweep_group
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def joined_group(group: str) -> Iterator[None]:
-    """``$MEDSSS_RUN_GROUP`` set to ``group`` (unless already set) while the stage runs: its W&B
-    run joins the sweep's jobs."""
-    earlier = os.environ.get(RUN_GROUP_ENV)
-    if earlier is None:
-        os.environ[RUN_GROUP_ENV] = group
-    try:
-        yield
-    finally:
-        if earlier is None:
-            os.environ.pop(RUN_GROUP_ENV, None)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
