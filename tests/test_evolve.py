@@ -100,6 +100,18 @@ def test_every_planned_step_composes():
         assert compose_step(plan.overrides).stage.name == plan.name
 
 
+def test_steps_inherit_the_evolve_runs_seed_prompt_and_threads():
+    from medsss.stages.evolve import compose_step, inherited_overrides
+
+    cfg = compose(["stage=evolve", "seed=7", "threads=1", "prompt.system=\"Be 'brief', doctor.\""])
+    inherited = inherited_overrides(cfg)
+    assert inherited == ["seed=7", "prompt.system='Be \\'brief\\', doctor.'", "threads=1"]
+    step = compose_step(["stage=sft", *inherited, "data.trees=x"])
+    assert (step.seed, step.threads, step.prompt.system) == (7, 1, "Be 'brief', doctor.")
+    assert compose_step(["stage=sft", *inherited_overrides(compose(["stage=evolve", "prompt.system=null"])),
+                         "data.trees=x"]).prompt.system is None
+
+
 def test_the_manifest_counts_attempts_and_survives_a_reload(tmp_path):
     manifest = Manifest(tmp_path)
     manifest.start(StepRecord("rounds/1/sft", "sft", 1, ["stage=sft"], "h1"))

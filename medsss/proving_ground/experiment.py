@@ -12,9 +12,10 @@ Per seed, into ``<out>/seed<k>/``:
    (``--backprop``) a second synthesis with ``search.backprop=mean`` and its soft-label PRM;
 3. every ablation PRM re-scores the candidates both evaluations cached (one sampling pass each).
 
-Then ``<out>/results.json``, ``<out>/results.md`` (each figure: the mean over seeds with its 95%
-interval over seeds, and the paired differences with an item-bootstrap 95% interval of the per-item
-difference averaged over seeds) and ``<out>/accuracy_vs_n.png``.
+Then ``<out>/<results>.json``, ``<out>/<results>.md`` (each figure: the mean over seeds with its
+95% interval over seeds, and the paired differences with an item-bootstrap 95% interval of the
+per-item difference averaged over seeds) and ``<out>/<results>_accuracy_vs_n.png`` (``--results``,
+default ``results``). A rerun into the same ``--out`` skips every finished step.
 """
 
 from __future__ import annotations
@@ -284,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-rules", dest="rules", action="store_false",
                         help="skip the label-rule ablations (hard, value_dynamics PRMs on the same trees)")
     parser.add_argument("--bootstrap", type=int, default=1000)
-    parser.add_argument("--results", default="results", help="name of the table, JSON and plot files in --out")
+    parser.add_argument("--results", default="results", help="name of the table, JSON and plot files")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides of +experiment=<experiment>")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -81,6 +81,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if stage.on_config_change not in ON_CHANGE:
         raise ValueError(f"stage.on_config_change must be one of {ON_CHANGE}, not {stage.on_config_change!r}")
     overrides = {name: [str(o) for o in values] for name, values in stage.overrides.items()}
+    # The steps compose their own configs: the evolve run's seed, prompt and threads reach them
+    # only as overrides (first, so stage.overrides.all can still set them).
+    overrides["all"] = [*inherited_overrides(cfg), *overrides.get("all", [])]
     started = time.perf_counter()
     run_dir = run_dir.resolve()
     # Every step's W&B run joins this evolve run's group (subprocess steps inherit the variable).
@@ -119,6 +122,14 @@ def _run_rounds(stage: DictConfig, run_dir: Path, overrides: dict[str, list[str]
     log.info("evolve done: %d rounds, %d steps run, %d finished before; %s", settings.rounds, counts["ran"],
              counts["skipped"], run_dir / "evolve.md")
     return metrics
+
+
+def inherited_overrides(cfg: DictConfig) -> list[str]:
+    """The evolve run's own ``seed``, ``prompt.system`` and ``threads`` as step overrides."""
+    system = cfg.prompt.system
+    threads = cfg.get("threads")
+    return [f"seed={int(cfg.seed)}", f"prompt.system={'null' if system is None else quoted(str(system))}",
+            f"threads={'null' if threads is None else int(threads)}"]
 
 
 def _handoff(handoff: str, synthesize_cfg: DictConfig) -> str:
