@@ -1,9 +1,11 @@
-"""Compose the project's Hydra config from a script (benchmarks are not Hydra apps themselves), and
-measure a synthesis run with it."""
+"""Compose the project's Hydra config from a script (benchmarks are not Hydra apps themselves),
+measure a synthesis run with it, and run a measurement in a fresh process."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -31,3 +33,13 @@ def synthesis_metrics(overrides: list[str]) -> dict:
         metrics = synthesize(cfg, Path(run_dir))
         metrics["bench_wall_seconds"] = time.perf_counter() - started
     return metrics
+
+
+def in_fresh_process(function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` in a new spawned process: each arm of a memory benchmark starts from the
+    same empty heap, and its peak RSS is its own."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()

@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import argparse
 import gc
-import multiprocessing
 import os
 import resource
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -99,12 +97,9 @@ def measure(arm: str, overrides: list[str], pairs: int, steps: int) -> dict:
     }
 
 
-def in_fresh_process(*args) -> dict:
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(measure, *args).result()
-
-
 def main() -> None:
+    from _compose import in_fresh_process
+
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--embedded", action="store_true",
@@ -116,7 +111,8 @@ def main() -> None:
     args = parser.parse_args()
     model = "smollm2_135m" if args.embedded else "tiny"
     overrides = [f"model={model}", *args.set]
-    results = {arm: in_fresh_process(arm, overrides, args.pairs, args.steps) for arm in ("sft", "dpo")}
+    results = {arm: in_fresh_process(measure, arm, overrides, args.pairs, args.steps)
+               for arm in ("sft", "dpo")}
     first = results["sft"]
     print(f"\nDPO vs SFT training step, model={model}, {args.pairs} pairs = {first['rows']} rows x "
           f"{first['width']} tokens ({first['tokens']} real, {first['labelled']} labelled), float32, "

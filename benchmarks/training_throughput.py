@@ -15,11 +15,9 @@ the time of whole optimizer steps (forward, backward, update).
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import resource
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -100,12 +98,9 @@ class Meter(L.Callback):
         self.padded += batch["attention_mask"].numel()
 
 
-def in_fresh_process(*args) -> dict:
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(measure, *args).result()
-
-
 def main() -> None:
+    from _compose import in_fresh_process
+
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--embedded", action="store_true",
@@ -126,7 +121,7 @@ def main() -> None:
         cfg = compose_config([f"stage={stage}", *overrides]).stage
         arms = [Arm("naive padding", args.batch_size, None, 1),
                 Arm("stage batching", cfg.get("batch_size"), cfg.get("max_batch_tokens"), cfg.length_group)]
-        results = [in_fresh_process(stage, overrides, arm, args.steps, args.chains) for arm in arms]
+        results = [in_fresh_process(measure, stage, overrides, arm, args.steps, args.chains) for arm in arms]
         print(f"\n{stage.upper()} training, {args.steps} steps, model={model}, dtype={results[0]['dtype']}, "
               f"gradient checkpointing={results[0]['checkpointing']}, LoRA={cfg.lora.enabled}")
         for arm, m in zip(arms, results, strict=True):

@@ -73,7 +73,7 @@ def _gguf_file() -> Path:
     return found[0]
 
 
-def _atomic_build(target: Path, build) -> Path:
+def atomic_build(target: Path, build) -> Path:
     """Build a folder in a temporary sibling and rename it into place: a killed build leaves no
     half-written cache behind, and concurrent builders both end with a complete folder."""
     if (target / "config.json").exists():
@@ -116,7 +116,7 @@ def embedded_smollm2_path() -> Path:
         plain.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
 
-    return _atomic_build(target, build)
+    return atomic_build(target, build)
 
 
 _TINY_DEFAULTS: dict[str, Any] = {
@@ -146,9 +146,6 @@ def train_tiny_tokenizer(vocab_size: int = TINY_VOCAB):
     Byte-level, so it encodes any text; small, so a tiny model's cost is its layers and not a
     50k-way softmax. Training is deterministic and takes a few hundred milliseconds.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     from medsss.data.loaders import bundled_medqa_path
     from medsss.data.prompts import FORCE_ANSWER_SUFFIX, REFLECT_OPENING, STEP_ZERO
 
@@ -156,6 +153,15 @@ def train_tiny_tokenizer(vocab_size: int = TINY_VOCAB):
     for line in bundled_medqa_path().read_text(encoding="utf-8").splitlines():
         item = json.loads(line)
         corpus.append(item["question"] + "\n" + "\n".join(f"{k}. {v}" for k, v in item["options"].items()))
+    return bpe_tokenizer(corpus, vocab_size)
+
+
+def bpe_tokenizer(corpus: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer fitted to ``corpus``, with ChatML special tokens and template
+    (deterministic for a given corpus)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -209,4 +215,4 @@ def tiny_llama_path(overrides: dict[str, Any] | None = None, seed: int = 0, toke
         model.save_pretrained(out, safe_serialization=True)
         tok.save_pretrained(out)
 
-    return _atomic_build(target, build)
+    return atomic_build(target, build)

@@ -198,40 +198,24 @@ def chat_text(question: str, steps: Sequence[str], system_prompt: str | None) ->
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int):
-    """A byte-level BPE fitted to ``texts``, with ChatML special tokens and template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
+    """A byte-level BPE fitted to ``texts`` and the fixed phrases of the step format, with ChatML
+    special tokens and template."""
     from medsss.data.prompts import FORCE_ANSWER_SUFFIX, REFLECT_OPENING, STEP_ZERO
-    from medsss.generation.models import CHATML_TEMPLATE
+    from medsss.generation.models import bpe_tokenizer
 
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
     extra = [STEP_ZERO, FORCE_ANSWER_SUFFIX, REFLECT_OPENING, *(f"\n\nStep {k}:" for k in range(8))]
-    backend.train_from_iterator(
-        [*extra, *texts],
-        trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False,
-                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>",
-        pad_token="<|im_end|>", unk_token="<|endoftext|>",
-    )
-    tokenizer.chat_template = CHATML_TEMPLATE
-    return tokenizer
+    return bpe_tokenizer([*extra, *texts], vocab_size)
 
 
 def proving_ground_path(llama: dict[str, Any] | None, pretrain: dict[str, Any] | None, seed: int = 0) -> Path:
     """The pretrained starting policy's folder (built on first use, a few minutes on 2 cores)."""
-    from medsss.generation.models import _atomic_build, cache_root
+    from medsss.generation.models import atomic_build, cache_root
 
     settings = PretrainSettings(**{**(pretrain or {}), "llama": {**(llama or {})}})
     key = json.dumps([asdict(settings), LLAMA_DEFAULTS, seed, PRETRAIN_VERSION, TASK_VERSION], sort_keys=True)
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     target = cache_root() / "models" / f"proving-ground-{digest}"
-    return _atomic_build(target, lambda out: pretrain_policy(settings, seed, out))
+    return atomic_build(target, lambda out: pretrain_policy(settings, seed, out))
 
 
 def pretrain_policy(settings: PretrainSettings, seed: int, out: Path) -> dict[str, Any]:

@@ -222,17 +222,17 @@ def split_path(split: str, seed: int = 0) -> Path:
     """The JSONL file of one split of the task of ``seed`` (written on first use, atomically)."""
     if split not in SPLITS:
         raise ValueError(f"proving ground split {split!r} must be one of {SPLITS}")
-    from medsss.generation.models import _atomic_build
+    from medsss.generation.models import atomic_build
 
     settings = TaskSettings(seed=int(seed))
     target = task_dir(settings)
-    _atomic_build(target, lambda out: _write_marked(settings, out))
+    atomic_build(target, lambda out: _write_marked(settings, out))
     return target / f"{split}.jsonl"
 
 
 def _write_marked(settings: TaskSettings, out: Path) -> None:
     write_task(settings, out)
-    # _atomic_build treats a folder with config.json as complete.
+    # atomic_build treats a folder with config.json as complete.
     (out / "config.json").write_text(json.dumps(asdict(settings)), encoding="utf-8")
 
 
