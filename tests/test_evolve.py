@@ -261,3 +261,37 @@ def test_steps_in_their_own_processes_fail_cleanly_when_killed_and_resume(tmp_pa
     # Hydra itself wrote each step's config: the step ran as its own command line.
     overrides = (tmp_path / "rounds/1/prm/.hydra/overrides.yaml").read_text()
     assert "stage=prm" in overrides and "stage.labels.require_both=false" in overrides
+
+
+@pytest.mark.slow
+def test_the_whole_loop_with_curriculum_and_dpo_on_the_proving_ground_model(tmp_path):
+    """Every optional step in the loop, on a model that finds both correct and wrong paths (the
+    proving ground's pretrained starting policy): curriculum -> synthesize -> sft -> dpo -> prm ->
+    evaluate -> evaluate_before, two rounds, trees accumulated; round 2 searches with DPO's policy."""
+    from medsss.run import run_stage
+
+    quick = ["'stage.dtype=float32'", "'trainer.max_epochs=1'", "'stage.max_length=256'"]
+    overrides = [
+        "+experiment=proving_ground_small", "stage.rounds=2", "stage.curriculum=true", "stage.dpo=true",
+        "stage.accumulate=true",
+        "stage.overrides.curriculum=['data=proving_ground','data.limit=40','search=proving_ground',"
+        "'backend=hf','stage.k=4','stage.band.high=0.75','stage.floor_per_source=8']",
+        "stage.overrides.synthesize=['search=proving_ground','backend=hf']",
+        f"stage.overrides.sft=[{','.join(quick)}]",
+        f"stage.overrides.dpo=[{','.join(quick)},'stage.margin=0.5']",
+        f"stage.overrides.prm=[{','.join(quick[:2])},'stage.labels.require_both=false']",
+        "stage.overrides.evaluate=['suite=proving_ground','stage.limit=10','stage.n=2','stage.max_tokens=72',"
+        "'backend=hf','stage.bootstrap=20','stage.subsample_rounds=2']",
+    ]
+    metrics = run_stage(compose(overrides), tmp_path)
+    assert metrics["steps_run"] == 14
+    manifest = Manifest(tmp_path)
+    seeds = (tmp_path / "rounds/2/curriculum/seeds.jsonl").read_text().splitlines()
+    searched = (tmp_path / "rounds/2/synthesize/trees.jsonl").read_text().splitlines()
+    assert len(searched) == len(seeds) > 0
+    assert manifest.get("rounds/2/synthesize").inputs["policy"] == str(tmp_path / "rounds/1/dpo/final/merged")
+    assert manifest.get("rounds/2/sft").inputs["trees"].count("synthesize") == 2  # accumulated
+    dpo = manifest.get("rounds/1/dpo").metrics
+    assert dpo["view_pairs"] > 0 and "val_reward_accuracy" in dpo
+    report = (tmp_path / "evolve.md").read_text()
+    assert "before_greedy" in report and "| 2 |" in report
