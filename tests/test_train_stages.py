@@ -33,7 +33,10 @@ def test_sft_stage_saves_an_adapter_and_a_merged_policy_the_backend_loads(trees,
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    metrics = run_stage(compose(["+experiment=sft_policy", f"data.trees={trees}", *TINY]), tmp_path)
+    # float32 by name: with dtype=auto the machine's training probe may load the base in bfloat16,
+    # and the comparison below is of the fp32 base with its adapter.
+    metrics = run_stage(compose(["+experiment=sft_policy", f"data.trees={trees}", *TINY, "stage.dtype=float32"]),
+                        tmp_path)
     assert metrics["view_chains"] == 8 and metrics["train_chains"] + metrics["val_chains"] == 8
     assert len((tmp_path / "sft.jsonl").read_text().splitlines()) == 8
     # final/merged is the base with the trained adapter (final/) folded in: the adapter's logits on
@@ -293,7 +296,9 @@ def test_an_unmerged_prm_adapter_loads_on_its_base_with_the_scores_of_the_merged
     scores = {}
     for merge in (False, True):  # the same seeded training, saved both ways
         run_dir = tmp_path / f"merge_{merge}"
-        run_stage(compose(["+experiment=prm_soft", f"data.trees={trees}", *TINY, f"stage.merge={merge}"]), run_dir)
+        # float32 by name: a bfloat16 base (dtype=auto's probe, on some CPUs) merges with rounding.
+        run_stage(compose(["+experiment=prm_soft", f"data.trees={trees}", *TINY, f"stage.merge={merge}",
+                           "stage.dtype=float32"]), run_dir)
         assert (run_dir / "final" / "adapter_config.json").exists() is not merge
         model = ProcessRewardModel.from_causal_lm(str(run_dir / "final"))
         [scores[merge]] = PRMScorer(model, AutoTokenizer.from_pretrained(run_dir / "final"), None).score(
