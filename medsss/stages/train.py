@@ -107,6 +107,14 @@ def _optimization(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def _model_folder(cfg: DictConfig) -> tuple[str, bool, Any, int]:
+    """``model=``'s folder, whether it may run remote code, its tokenizer and the id that pads."""
+    spec = instantiate(cfg.model)
+    path = spec.resolve()
+    tokenizer, pad = load_tokenizer(path, spec.trust_remote_code)
+    return path, spec.trust_remote_code, tokenizer, pad
+
+
 def run_sft(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     import lightning as L
 
@@ -122,10 +130,8 @@ def run_sft(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             raise ValueError(f"no correct chains in {_sources(cfg)}: nothing to fine-tune on")
         write_jsonl(run_dir / "sft.jsonl", rows)
         train_rows, val_rows = split_by_problem(rows, cfg.stage.val_fraction)
-        model_spec = instantiate(cfg.model)
-        path = model_spec.resolve()
-        tokenizer, pad = load_tokenizer(path, model_spec.trust_remote_code)
-        model = policy_model(cfg, path, model_spec.trust_remote_code)
+        path, trust_remote_code, tokenizer, pad = _model_folder(cfg)
+        model = policy_model(cfg, path, trust_remote_code)
         module = PolicySFTModule(model, **_optimization(cfg))
         data = sft_datamodule(train_rows, val_rows, tokenizer, pad, cfg.prompt.system, cfg.stage.max_length,
                               _batching(cfg))
@@ -159,10 +165,8 @@ def run_dpo(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                              "nothing to optimise")
         write_jsonl(run_dir / "dpo.jsonl", rows)
         train_rows, val_rows = split_by_problem(rows, cfg.stage.val_fraction)
-        model_spec = instantiate(cfg.model)
-        path = model_spec.resolve()
-        tokenizer, pad = load_tokenizer(path, model_spec.trust_remote_code)
-        model = policy_model(cfg, path, model_spec.trust_remote_code)
+        path, trust_remote_code, tokenizer, pad = _model_folder(cfg)
+        model = policy_model(cfg, path, trust_remote_code)
         module = DPOModule(model, beta=cfg.stage.beta, **_optimization(cfg))
         data = dpo_datamodule(train_rows, val_rows, tokenizer, pad, cfg.prompt.system, cfg.stage.max_length,
                               _batching(cfg))
@@ -194,10 +198,8 @@ def run_prm(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                              f"(labels.require_both={labels.require_both})")
         write_jsonl(run_dir / "prm.jsonl", rows)
         train_rows, val_rows = split_by_problem(rows, cfg.stage.val_fraction)
-        model_spec = instantiate(cfg.model)
-        path = model_spec.resolve()
-        tokenizer, pad = load_tokenizer(path, model_spec.trust_remote_code)
-        model = reward_model(cfg, path, model_spec.trust_remote_code)
+        path, trust_remote_code, tokenizer, pad = _model_folder(cfg)
+        model = reward_model(cfg, path, trust_remote_code)
         module = PRMModule(model, **_optimization(cfg))
         data = prm_datamodule(train_rows, val_rows, tokenizer, pad, cfg.prompt.system, _batching(cfg))
         metrics = _fit(cfg, run_dir, tracking, module, data, started, view_counts(rows), len(train_rows),
