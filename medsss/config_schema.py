@@ -37,7 +37,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from medsss.search.mcts import SearchConfig
 
 # --------------------------------------------------------------------------------------------
-# root: prompt and paths
+# root: prompt, paths and retry
 
 
 @dataclass
@@ -52,6 +52,15 @@ class PathsSchema:
     output_dir: str = "${paths.root_dir}/outputs"
     sweep_dir: str = "${paths.root_dir}/multirun"
     cache_dir: str = "${oc.env:MEDSSS_CACHE,'~/.cache/medsss'}"
+
+
+@dataclass
+class RetrySchema:
+    """How engine calls that raise are retried (medsss.generation.resilient.ResilientBackend)."""
+
+    attempts: int = 3  # tries in all (1: no retries)
+    backoff_s: float = 1.0  # wait after the first failed try, doubled after each further one
+    max_backoff_s: float = 30.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,6 +176,7 @@ class EvaluateStageSchema:
     items_per_call: int = 8
     limit: int | None = None
     skip_invalid: bool = False
+    dedupe: str = "error"  # error | first (data.dedupe for each benchmark file)
     policy_system_prompt: str | None = "${prompt.system}"
     bootstrap: int = 1000
     subsample_rounds: int = 20
@@ -343,6 +353,7 @@ class DataSchema:
     shard: int = 0
     num_shards: int = 1
     skip_invalid: bool = False
+    dedupe: str = "error"  # error | first: a row repeating an earlier id is refused, or dropped
 
 
 @dataclass
@@ -386,6 +397,7 @@ class BenchmarkSchema:
     name: str = MISSING
     format: str = MISSING
     path: str = MISSING
+    optional: bool = False  # true: a missing file is skipped with a warning (else refused before work)
 
 
 @dataclass
@@ -521,6 +533,7 @@ class AdamWOptimSchema:
 SCHEMAS: tuple[tuple[str, str, type], ...] = (
     ("prompt", "prompt", PromptSchema),
     ("paths", "paths", PathsSchema),
+    ("retry", "retry", RetrySchema),
     ("stage", "synthesize", SynthesizeStageSchema),
     ("stage", "sft", SFTStageSchema),
     ("stage", "prm", PRMStageSchema),

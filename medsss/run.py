@@ -17,8 +17,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from medsss.config_schema import check_config, register_configs
+from medsss.config_schema import ConfigKeyAddedError, check_config, register_configs
 from medsss.hardware import configure_threads, parallel_jobs
+from medsss.preflight import ConfigError, preflight
 from medsss.runlock import is_distributed_worker, run_lock
 from medsss.tracking import RUN_GROUP_ENV, sweep_group
 
@@ -39,6 +40,9 @@ def run_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     name = cfg.stage.name
     if name not in stages:
         raise ValueError(f"unknown stage '{name}'; available: {', '.join(sorted(stages))}")
+    # A config that cannot run here fails now, naming the key: before the run directory, its lock
+    # or any model (after configure_threads, which must see torch unloaded).
+    preflight(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     if is_distributed_worker():  # rank 0 holds the directory for the whole data-parallel run
         return stages[name](cfg, run_dir)
@@ -53,6 +57,16 @@ register_configs()
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    try:
+        return _main(cfg)
+    except (ConfigKeyAddedError, ConfigError) as error:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # the launcher reports the failed job
+            raise
+        # One line on stderr, not a traceback: the message names the key to change.
+        raise SystemExit(f"config error: {error}") from None
+
+
+def _main(cfg: DictConfig) -> float | None:
     check_config(cfg)  # keys that +key=value added past a settings node's schema
     # paths.cache_dir is where the model loaders cache (they read $MEDSSS_CACHE, as do vLLM's workers).
     os.environ["MEDSSS_CACHE"] = str(Path(cfg.paths.cache_dir).expanduser())

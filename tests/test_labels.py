@@ -148,7 +148,7 @@ def test_views_read_stores_and_write_datasets_loadable_jsonl(tmp_path):
     (run / "trees.jsonl").write_text(json.dumps(stored(two_answer_tree())) + "\n")
     rows = prm_rows(read_trees([run]), rule="soft")
     path = write_jsonl(tmp_path / "prm.jsonl", rows)
-    from datasets import load_dataset
+    load_dataset = pytest.importorskip("datasets", reason="the optional train extra's datasets").load_dataset
 
     loaded = load_dataset("json", data_files=str(path), split="train")
     assert loaded.num_rows == 3 and loaded[0]["labels"] == [0.5, 1.0]

@@ -54,11 +54,15 @@ def test_a_run_that_raises_is_finalized_as_failed_with_what_it_logged(tmp_path, 
 def test_a_synthesis_stage_that_raises_leaves_a_finalized_run(tmp_path):
     from medsss.run import run_stage
 
-    cfg = compose(["logger=csv", "data=jsonl", f"data.path={tmp_path / 'missing.jsonl'}"])
-    with pytest.raises(Exception, match="missing.jsonl"):
+    # A data file whose row is not JSON: the stage raises inside its tracked run (a missing file
+    # would be refused by the preflight checks before the run starts).
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n")
+    cfg = compose(["logger=csv", "data=jsonl", f"data.path={bad}"])
+    with pytest.raises(Exception, match="bad.jsonl"):
         run_stage(cfg, tmp_path / "run")
     hparams = yaml.safe_load((tmp_path / "run" / "logs" / "version_0" / "hparams.yaml").read_text())
-    assert hparams["data"]["path"] == str(tmp_path / "missing.jsonl")
+    assert hparams["data"]["path"] == str(bad)
 
 
 @pytest.mark.integration  # starts W&B's own service process: seconds of wall time

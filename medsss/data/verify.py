@@ -33,6 +33,18 @@ _EDGE_CHARS = " \t\r\n\u00a0\u200b\ufeff:*\"'`“”‘’$"
 # LaTeX wrappers whose argument is the answer: \boxed{C}, \text{C}, \textbf{C}, \mathrm{C}, ...
 _LATEX_WRAPPER = re.compile(r"\\(?:boxed|fbox|text|textbf|textit|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
 _LATEX_DELIMITERS = ("\\(", "\\)", "\\[", "\\]")
+# A run of edge characters and LaTeX delimiters at the head of an answer; at its tail (matched on
+# the reversed text, where a delimiter reads ")\"), periods too.
+_LEADING_EDGE = re.compile(
+    "(?:[" + re.escape(_EDGE_CHARS) + "]|" + "|".join(map(re.escape, _LATEX_DELIMITERS)) + ")*"
+)
+_TRAILING_EDGE_REVERSED = re.compile(
+    "(?:[" + re.escape(_EDGE_CHARS + ".") + "]|"
+    + "|".join(re.escape(delimiter[::-1]) for delimiter in _LATEX_DELIMITERS)
+    + ")*"
+)
+# Passes of clean_answer: one per level of LaTeX wrappers ("\boxed{\text{C}}" takes two).
+_CLEAN_PASSES = 32
 # How many lines after a phrase that ends its line are looked at for the answer.
 _NEXT_LINES = 3
 
@@ -80,16 +92,30 @@ def _answer_after(text: str, start: int) -> str | None:
 
 def clean_answer(fragment: str) -> str:
     """A fragment without surrounding spaces, colons, emphasis, quotes, LaTeX and final periods."""
-    previous = None
     answer = fragment
-    # Strip until stable: "$\boxed{C}$." needs the period and dollars, then the box removed.
-    while answer != previous:
-        previous = answer
-        answer = _LATEX_WRAPPER.sub(r"\1", answer)
-        answer = answer.lstrip(_EDGE_CHARS).rstrip(_EDGE_CHARS + ".")
-        for delimiter in _LATEX_DELIMITERS:
-            answer = answer.removeprefix(delimiter).removesuffix(delimiter)
+    # Strip until stable: "$\boxed{C}$." needs the period and dollars, then the box removed. Each
+    # pass unwraps one level of LaTeX wrappers: an answer wrapped deeper than the passes allow stays
+    # partly wrapped (a pass is linear; a pass per level of a megabyte of "\boxed{" was not).
+    for _ in range(_CLEAN_PASSES):
+        cleaned = _strip_ends(_LATEX_WRAPPER.sub(r"\1", answer))
+        if cleaned == answer:
+            break
+        answer = cleaned
     return answer
+
+
+def _strip_ends(answer: str) -> str:
+    """The answer without leading edge characters and LaTeX delimiters and without trailing ones
+    (and periods), each run removed at once: one slice, not one per delimiter."""
+    start = _run_length(_LEADING_EDGE, answer)
+    end = len(answer) - _run_length(_TRAILING_EDGE_REVERSED, answer[start:][::-1])
+    return answer[start:end]
+
+
+def _run_length(pattern: re.Pattern[str], text: str, start: int = 0) -> int:
+    """How many characters from ``start`` a pattern that may match empty matches."""
+    match = pattern.match(text, start)
+    return match.end() - start if match else 0
 
 
 # --- which option an answer names --------------------------------------------------------------
@@ -104,6 +130,7 @@ _LEADING_WORDS = re.compile(
     re.IGNORECASE,
 )
 _HEAD_PUNCTUATION = " \t\r\n\u00a0:;,.-–—>#\"'`“”‘’!?"
+_HEAD_RUN = re.compile("[" + re.escape(_HEAD_PUNCTUATION) + "]*")
 # A letter the answer rules out: "not B", "isn't option C", "rather than (A)". A lower-case letter
 # counts only where it cannot be the article: "is not a fact" rules nothing out.
 _NEGATED_LETTER = re.compile(
@@ -180,14 +207,16 @@ def _normalised_options(options: Mapping[str, str] | None) -> dict[str, str] | N
 
 
 def _strip_leading_words(text: str) -> str:
-    previous = None
-    while text != previous:
-        previous = text
-        text = text.lstrip(_HEAD_PUNCTUATION)
-        match = _LEADING_WORDS.match(text)
+    # Advances an index and slices once: a slice per word was quadratic in "so so so ... B".
+    position = -1
+    start = 0
+    while start != position:
+        position = start
+        start += _run_length(_HEAD_RUN, text, start)
+        match = _LEADING_WORDS.match(text, start)
         if match:
-            text = text[match.end():]
-    return text
+            start = match.end()
+    return text[start:]
 
 
 def _equal_option(head: str, options: dict[str, str]) -> str | None:

@@ -56,17 +56,20 @@ def sample_and_score(
     """Cached rows for ``problems`` (generating only the missing ones), in problem order."""
     cached = read_cache(cache_path)
     todo = [p for p in problems if p.id not in cached]
+    # An item samples from the seed of its place in ``problems``, not among the items left to
+    # sample: a run resumed from a partial cache samples the rest as the uninterrupted run did.
+    place = {p.id: k for k, p in enumerate(problems)}
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     prefill = continuation_prefill([STEP_ZERO])
     with open(cache_path, "a", encoding="utf-8") as handle:
         for start in range(0, len(todo), items_per_call):
             chunk = todo[start : start + items_per_call]
             requests = []
-            for index, problem in enumerate(chunk):
+            for problem in chunk:
                 messages = build_messages(problem.question, system_prompt)
                 requests.append(GenerationRequest(messages, prefill, n=n, temperature=temperature,
                                                   top_p=top_p, max_tokens=max_tokens,
-                                                  seed=seed + start + index))
+                                                  seed=seed + place[problem.id]))
                 if greedy:
                     requests.append(GenerationRequest(messages, prefill, n=1, temperature=0.0,
                                                       max_tokens=max_tokens))

@@ -73,6 +73,12 @@ class GenerationStats:
     generated_tokens: int = 0
     generate_seconds: float = 0.0
     batch_sizes: list[int] = field(default_factory=list)
+    # Faults survived or not (medsss.generation.resilient, medsss.faults)
+    retries: int = 0  # engine calls tried again after an exception
+    gave_up: int = 0  # engine calls that failed on every try (the error went to the caller)
+    oom_halvings: int = 0  # times an out-of-memory error halved the requests per engine call
+    batch_limit_after_oom: int = 0  # requests per engine call since the last halving (0: none)
+    injected_faults: int = 0  # errors raised on purpose by MEDSSS_FAULT_GENERATE
 
     @property
     def mean_batch_size(self) -> float:
@@ -91,6 +97,11 @@ class GenerationStats:
             "prefix_cache_hit_rate": round(self.cached_prompt_tokens / self.prompt_tokens, 4)
             if self.prompt_tokens
             else 0.0,
+            "generation_retries": self.retries,
+            "generation_calls_given_up": self.gave_up,
+            "oom_halvings": self.oom_halvings,
+            "batch_limit_after_oom": self.batch_limit_after_oom,
+            "injected_faults": self.injected_faults,
         }
 
 

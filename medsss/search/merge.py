@@ -30,6 +30,7 @@ SUMMED_METRICS = (
     "problems", "skipped_rows", "searched_this_run", "failed_this_run", "nodes_this_run",
     "unanswered_after_forcing", "search_seconds", "generation_calls", "generation_requests",
     "generated_sequences", "prompt_tokens", "cached_prompt_tokens", "generated_tokens", "generate_seconds",
+    "generation_retries", "generation_calls_given_up", "oom_halvings", "injected_faults",
 )
 
 #: How many ids or keys a refusal names before it says how many more there are.

@@ -1,4 +1,5 @@
-"""Glue every stage shares: loggers and callbacks from their config groups, the tracked run."""
+"""Glue every stage shares: loggers and callbacks from their config groups, the tracked run, the
+generation backend."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from typing import Any, cast
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from medsss.faults import inject_generation_faults
+from medsss.generation.base import Backend
+from medsss.generation.resilient import ResilientBackend
 from medsss.tracking import RunLoggers, tracked_run
 
 
@@ -49,3 +53,13 @@ def tracked_stage(cfg: DictConfig, run_dir: Path) -> Iterator[RunLoggers]:
     config = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     with tracked_run(instantiate_loggers(cfg.get("logger"), run_dir), config) as run:
         yield run
+
+
+def build_backend(cfg: DictConfig, model: Any) -> Backend:
+    """The generation backend of ``backend=`` for ``model``, its engine calls retried and its batches
+    halved on out-of-memory as ``retry`` says (:mod:`medsss.generation.resilient`), with the faults
+    of ``MEDSSS_FAULT_GENERATE`` injected inside the retries when that is set (:mod:`medsss.faults`)."""
+    backend = inject_generation_faults(instantiate(cfg.backend)(model=model))
+    retry = cfg.retry
+    return ResilientBackend(backend, attempts=int(retry.attempts), backoff_s=float(retry.backoff_s),
+                            max_backoff_s=float(retry.max_backoff_s))

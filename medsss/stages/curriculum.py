@@ -28,7 +28,7 @@ from medsss.io import read_jsonl, write_json, write_jsonl
 from medsss.resources import peak_memory_mb
 from medsss.search.mcts import SearchConfig, TreeSearch
 from medsss.search.scheduler import run_searches
-from medsss.stages.common import tracked_stage
+from medsss.stages.common import build_backend, tracked_stage
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         todo = [p for p in data.problems if p.id not in done]
         log.info("curriculum: %d candidate questions, %d answered before, %d to answer %d times",
                  len(data.problems), len(data.problems) - len(todo), len(todo), k)
-        backend = instantiate(cfg.backend)(model=model) if todo else None
+        backend = build_backend(cfg, model) if todo else None
         failed: dict[str, str] = {}
         if backend is not None:
             progress = tqdm(total=len(todo), unit="question", desc="curriculum", dynamic_ncols=True)

@@ -27,7 +27,7 @@ from medsss.evaluation.results import COLUMNS, decode_choice
 from medsss.evaluation.scorer import load_prm_scorer
 from medsss.io import write_json
 from medsss.resources import peak_memory_mb
-from medsss.stages.common import tracked_stage
+from medsss.stages.common import build_backend, tracked_stage
 from medsss.tracking import RunLoggers
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def _evaluate(cfg: DictConfig, run_dir: Path, tracking: RunLoggers, started: flo
     decode = decode_choice(cfg.decode.selection, cfg.decode.aggregation, int(cfg.decode.n),
                            has_prm=bool(stage.prm.path), greedy_sampled=bool(stage.greedy))
     model = instantiate(cfg.model)
-    backend = instantiate(cfg.backend)(model=model)
+    backend = build_backend(cfg, model)
     scorer = load_scorer(stage.prm, prm_prompt, getattr(backend, "device", "cpu"))
     settings = EvaluationSettings(
         n=stage.n, temperature=stage.temperature, top_p=stage.top_p, max_tokens=stage.max_tokens,
@@ -84,9 +84,9 @@ def _evaluate(cfg: DictConfig, run_dir: Path, tracking: RunLoggers, started: flo
     for entry in cfg.suite.benchmarks:
         path = str(entry.path)
         spec = DataSpec(name=entry.name, format=entry.format, path=path,
-                        limit=stage.limit, skip_invalid=stage.skip_invalid)
-        if not Path(path).exists():
-            log.warning("benchmark %s: %s not found, skipped", entry.name, path)
+                        limit=stage.limit, skip_invalid=stage.skip_invalid, dedupe=stage.dedupe)
+        if not Path(path).exists():  # an optional entry: preflight refused the run for any other
+            log.warning("benchmark %s: %s not found, skipped (optional: true)", entry.name, path)
             continue
         problems = load_problems(spec).problems
         if not problems:

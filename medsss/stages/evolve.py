@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 
 ISOLATIONS = ("inline", "subprocess")
 ON_CHANGE = ("error", "keep", "rerun")
-# Not part of what a step computes: where files live, threads, loggers.
-UNHASHED = ("paths", "threads", "logger")
+# Not part of what a step computes: where files live, threads, loggers, how engine calls are retried,
+# whether weights may be downloaded.
+UNHASHED = ("paths", "threads", "logger", "retry", "allow_download")
 
 
 class ConfigChangedError(RuntimeError):

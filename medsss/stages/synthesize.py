@@ -23,7 +23,7 @@ from medsss.search.export import write_trajectories
 from medsss.search.mcts import SearchConfig, SearchResult, TreeSearch
 from medsss.search.scheduler import run_searches
 from medsss.search.store import TreeStore, config_hash
-from medsss.stages.common import tracked_stage
+from medsss.stages.common import build_backend, tracked_stage
 from medsss.tracking import RunLoggers
 from medsss.viewer.table import tree_table
 
@@ -60,7 +60,7 @@ def _synthesize(cfg: DictConfig, run_dir: Path, tracking: RunLoggers, started: f
     )
 
     counters = {"done": 0, "failed": 0, "nodes": 0, "unanswered_after_forcing": 0}
-    backend = instantiate(cfg.backend)(model=model) if todo else None
+    backend = build_backend(cfg, model) if todo else None
     search_started = time.perf_counter()
 
     if backend is not None:

@@ -9,13 +9,14 @@ is imported only when a training stage runs (synthesis and evaluation do without
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from medsss.io import write_json, write_jsonl
+from medsss.io import read_json, write_json, write_jsonl
 from medsss.labels.chains import read_trees
 from medsss.labels.dpo import dpo_counts, dpo_rows
 from medsss.labels.views import prm_rows, sft_rows, view_counts
@@ -97,13 +98,15 @@ def _batching(cfg: DictConfig):
 
 
 def _optimization(cfg: DictConfig) -> dict[str, Any]:
-    """The module's optimizer and scheduler factories (``stage.optim``) and its per-batch
-    checkpointing threshold."""
+    """The module's optimizer and scheduler factories (``stage.optim``), its per-batch
+    checkpointing threshold and the seed its training batches' dropout is drawn from (``seed``:
+    the same whether a run goes through or resumes)."""
     optim = cfg.stage.optim
     return {
         "optimizer": instantiate(optim.optimizer),
         "scheduler": instantiate(optim.scheduler) if optim.get("scheduler") else None,
         "checkpoint_above_tokens": checkpoint_above_tokens(cfg),
+        "seed": cfg.seed,
     }
 
 
@@ -221,6 +224,9 @@ def _fit(cfg: DictConfig, run_dir: Path, tracking: RunLoggers, module, data, sta
                           logger=tracking.loggers or False)
     ckpt_path = resolve_ckpt_path(cfg.stage.ckpt_path,
                                   checkpoint_directory(callbacks, run_dir / "checkpoints"))
+    # Lightning warns of a mid-epoch resume unless the DataLoader itself is stateful; ItemsDataModule
+    # keeps the sampler's place in its own checkpoint state (and warns where it cannot restore it).
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
     # weights_only: a checkpoint is tensors and plain containers; a pickled object planted in one
     # is refused instead of run.
     trainer.fit(module, data, ckpt_path=ckpt_path, weights_only=True)
@@ -236,6 +242,11 @@ def _fit(cfg: DictConfig, run_dir: Path, tracking: RunLoggers, module, data, sta
         **{f"view_{k}": v for k, v in counts.items()},
         **peak_memory_mb(),
     }
+    earlier = run_dir / "metrics.json"
+    if metrics["start_step"] == metrics["global_steps"] > 0 and earlier.exists():
+        # Resumed at its last step (a finished or nearly finished run rerun): nothing was trained or
+        # logged, so the losses and throughput are the earlier run's, kept instead of dropped.
+        metrics.update({k: v for k, v in read_json(earlier).items() if metrics.get(k) is None})
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", metrics)
     return metrics

@@ -48,7 +48,13 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     limit, ``group`` times the rows the token budget allows at the mean length.
 
     Deterministic per ``seed`` and epoch (``set_epoch``); under data parallelism each of
-    ``num_replicas`` ranks takes its share of the same batch order."""
+    ``num_replicas`` ranks takes its share of the same batch order.
+
+    Resumable: ``start`` batches of the epoch's order (all ranks' together) are skipped, so a run
+    resumed mid-epoch trains on exactly the batches an uninterrupted run would have.
+    :meth:`state_at` is the state after a given number of this rank's batches, :meth:`load_state_dict`
+    restores it at the next iteration; ``len()`` stays the whole epoch's count (Lightning counts the
+    batches a resumed epoch already had itself). Resume with as many ranks as the state was saved by."""
 
     def __init__(self, lengths: Sequence[int], batch_size: int | None = None, group: int = 32, seed: int = 0,
                  num_replicas: int = 1, rank: int = 0, max_tokens: int | None = None) -> None:
@@ -62,10 +68,41 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         self.group = max(1, group)
         self.seed = seed
         self.epoch = 0
+        self.start = 0  # batches of this epoch's order, all ranks' together, already trained on
+        self._resume: tuple[int, int] | None = None  # (epoch, start) loaded, applied by __iter__
         self.num_replicas, self.rank = num_replicas, rank
 
+    @property
+    def sampler(self) -> LengthGroupedBatchSampler:
+        # Lightning calls set_epoch on ``loader.sampler`` and ``loader.batch_sampler.sampler`` (where
+        # torch's BatchSampler keeps its item sampler) at every epoch start; this sampler orders the
+        # items itself. Without it set_epoch was never called and every epoch repeated epoch 0's order.
+        return self
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        """Order the batches of ``epoch``: from its start, unless it is the epoch a resumed state is in."""
+        if epoch != self.epoch:
+            self.epoch, self.start = epoch, 0
+
+    def state_at(self, epoch: int, batches: int, epoch_done: bool = False) -> dict[str, int]:
+        """The state after this rank trained on ``batches`` batches of ``epoch`` (every rank as many),
+        the sampler being at that epoch: once the epoch is used up (or ``epoch_done``), the start of the
+        next one. It names the seed and the item count, which :meth:`load_state_dict` checks."""
+        if epoch_done or batches >= len(self):
+            epoch, batches = epoch + 1, 0
+        return {"seed": self.seed, "items": len(self.lengths), "epoch": epoch,
+                "start": batches * self.num_replicas}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue where :meth:`state_at` left off (any rank's state: they are the same), from the
+        next iteration on. Not at once: Lightning sizes its epochs by ``len()`` before it iterates, and
+        an uninterrupted run sized them at epoch 0 (with a token budget epochs differ in batches)."""
+        if (state["seed"], state["items"]) != (self.seed, len(self.lengths)):
+            raise ValueError(
+                f"the checkpoint's batch order is for {state['items']} training items shuffled with seed "
+                f"{state['seed']}, this run has {len(self.lengths)} items and seed {self.seed}: resume with "
+                "the data and seed the checkpoint was trained with, or start afresh (stage.ckpt_path=null)")
+        self._resume = (int(state["epoch"]), int(state["start"]))
 
     def block_size(self) -> int:
         """Items per sorted block: ``group`` batches' worth."""
@@ -94,8 +131,15 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         usable = len(batches) - len(batches) % self.num_replicas
         return batches[self.rank : usable : self.num_replicas]
 
+    def remaining(self) -> list[list[int]]:
+        """This rank's batches of the epoch after the first ``start`` of the order (all ranks')."""
+        skipped = -(-self.start // self.num_replicas)  # as many for every rank: they must step together
+        return self.batches()[skipped:]
+
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches())
+        if self._resume is not None:
+            (self.epoch, self.start), self._resume = self._resume, None
+        return iter(self.remaining())
 
     def __len__(self) -> int:
         return len(self.batches())

@@ -117,9 +117,12 @@ class DPOModule(_Trainable):
     2B rows (:func:`medsss.training.dpo_inputs.collate_dpo`: chosen rows, then rejected rows); the
     policy scores all of them in one forward pass, and so does the reference, without gradients."""
 
+    VALIDATION_MEANS = ("val/loss", "val/rewards_chosen", "val/rewards_rejected", "val/reward_margin",
+                        "val/reward_accuracy")
+
     def __init__(self, model: nn.Module, beta: float = DPO_BETA, optimizer: OptimizerFactory = DPO_OPTIMIZER,
                  scheduler: SchedulerFactory | None = WARMUP_COSINE,
-                 checkpoint_above_tokens: int | None = None) -> None:
+                 checkpoint_above_tokens: int | None = None, seed: int | None = None) -> None:
         if not has_lora_adapter(model):
             raise ValueError(
                 "DPO here needs a LoRA policy (stage.lora.enabled=true): its reference is the same model "
@@ -127,7 +130,7 @@ class DPOModule(_Trainable):
                 "model as the reference, which this module does not keep.")
         if beta <= 0:
             raise ValueError(f"stage.beta must be positive, not {beta}")
-        super().__init__(optimizer, scheduler, checkpoint_above_tokens)
+        super().__init__(optimizer, scheduler, checkpoint_above_tokens, seed)
         self.model = model
         self.beta = beta
 
@@ -156,11 +159,13 @@ class DPOModule(_Trainable):
     def _step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
         losses, chosen, rejected = self(batch)
         logged = dpo_metrics(losses, chosen, rejected)
-        training = split == "train"
+        pairs = losses.shape[0]
         for name, value in logged.items():
-            self.log(f"{split}/{name}", value, on_step=training, on_epoch=not training,
-                     sync_dist=not training, prog_bar=name in ("loss", "reward_accuracy"),
-                     batch_size=losses.shape[0])
+            prog_bar = name in ("loss", "reward_accuracy")
+            if split == "train":
+                self.log(f"train/{name}", value, on_step=True, prog_bar=prog_bar, batch_size=pairs)
+            else:  # pair-weighted epoch means, gathered across ranks
+                self.log_validation_mean(f"{split}/{name}", value, pairs, prog_bar=prog_bar)
         return logged["loss"]
 
     def training_step(self, batch, batch_idx):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,16 +32,32 @@ def checkpoint_directory(callbacks: Sequence[Callback], default: Path) -> Path:
     return default
 
 
+def is_complete_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a whole checkpoint: a ``torch.save`` zip archive whose central directory
+    (written last) is there. Lightning writes a checkpoint to a temporary file and moves it into
+    place, but across file systems (``/tmp`` to the run directory) the move is a copy, and a kill
+    in the middle of it leaves a file cut short. A folder (a deepspeed or sharded FSDP
+    checkpoint) is taken as it is."""
+    if path.is_dir():
+        return True
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return bool(archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def resolve_ckpt_path(ckpt_path: str | None, directory: Path) -> str | None:
-    """``latest`` is the newest checkpoint in ``directory`` (None, a fresh start, when there is
-    none); any other value is passed through."""
+    """``latest`` is the newest complete checkpoint in ``directory`` (None, a fresh start, when
+    there is none); any other value is passed through."""
     if ckpt_path != "latest":
         return ckpt_path
-    found = sorted(directory.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        log.info("ckpt_path=latest: no checkpoint in %s, starting fresh", directory)
-        return None
-    return str(found[-1])
+    for path in sorted(directory.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True):
+        if is_complete_checkpoint(path):
+            return str(path)
+        log.warning("ckpt_path=latest: %s is cut short (a run killed while writing it), skipped", path)
+    log.info("ckpt_path=latest: no complete checkpoint in %s, starting fresh", directory)
+    return None
 
 
 def fit_summary(trainer: L.Trainer, module: Any, start: StartStep) -> dict[str, Any]:

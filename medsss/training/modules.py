@@ -7,21 +7,23 @@ when training starts, since the trainable parameters and the number of steps are
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from torchmetrics.aggregation import MeanMetric
 
-from medsss.training.auroc import binary_auroc
 from medsss.training.memory import checkpointable_layers
 from medsss.training.prm_model import DualLoss, ProcessRewardModel, dual_head_loss, dual_score, soft_bce
 from medsss.training.schedules import warmup_scheduler
 from medsss.training.sft_inputs import IGNORE
+from medsss.training.step_metrics import StepClassification, epoch_means, mean_key
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler]
@@ -39,18 +41,38 @@ LOSS_CHUNK_TOKENS = 512
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 
+def batch_seed(seed: int, step: int, batch: int, rank: int) -> int:
+    """The seed of one training batch's random numbers (dropout): a function of the run's seed, the
+    optimizer step, the batch's index in its epoch and the data-parallel rank, nothing else."""
+    digest = hashlib.blake2b(f"{seed}/{step}/{batch}/{rank}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # below 2**63
+
+
 class _Trainable(L.LightningModule):
     """Optimiser, schedule, throughput logging and per-batch gradient checkpointing shared by both
     modules (``scheduler=None``: the optimizer's constant rate). With ``checkpoint_above_tokens``
     set, a training batch is checkpointed exactly when its padded size (rows x width) exceeds it
     (the layers must have been prepared by ``gradient_checkpointing_enable``); None leaves the
-    model's own setting alone."""
+    model's own setting alone.
+
+    With ``seed`` set, torch's generator is seeded before every training batch by :func:`batch_seed`,
+    so the batch's dropout is the same whether the run went through or was resumed from a checkpoint
+    (a checkpoint holds no generator state, and validation and data loading draw from it between
+    steps); None leaves the generator running on from ``seed_everything``.
+
+    Validation means (``VALIDATION_MEANS``, logged by :meth:`log_validation_mean`) are torchmetrics
+    states gathered across data-parallel ranks (:func:`~medsss.training.step_metrics.epoch_means`)."""
+
+    VALIDATION_MEANS: tuple[str, ...] = ("val/loss",)
 
     def __init__(self, optimizer: OptimizerFactory, scheduler: SchedulerFactory | None,
-                 checkpoint_above_tokens: int | None = None) -> None:
+                 checkpoint_above_tokens: int | None = None, seed: int | None = None) -> None:
         super().__init__()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.checkpoint_above_tokens = checkpoint_above_tokens
+        self.seed = seed
+        # Built here, not when first logged: Lightning looks logged metrics up among the submodules once.
+        self.val_means = epoch_means(self.VALIDATION_MEANS)
         self._checkpointable: list[Any] | None = None  # decoder layers switched per batch
         self.checkpointed_batches = 0
         self._batch_started = 0.0
@@ -91,6 +113,8 @@ class _Trainable(L.LightningModule):
         return {name for name, parameter in self.named_parameters() if parameter.requires_grad}
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
+        if self.seed is not None:
+            torch.manual_seed(batch_seed(self.seed, self.trainer.global_step, batch_idx, self.global_rank))
         if self.checkpoint_above_tokens is not None:
             # Recomputing activations costs time; only batches too big to keep them pay it.
             checkpoint_this = batch["attention_mask"].numel() > self.checkpoint_above_tokens
@@ -111,6 +135,13 @@ class _Trainable(L.LightningModule):
         self.log("train/tokens_per_second", tokens / seconds, on_step=True, prog_bar=True)
         self.log("train/padding_share", 1 - tokens / batch["attention_mask"].numel(), on_step=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
+
+    def log_validation_mean(self, name: str, value: torch.Tensor, rows: int, prog_bar: bool = False) -> None:
+        """Add a batch's mean ``value`` over ``rows`` to the epoch's mean of ``name`` (one of
+        ``VALIDATION_MEANS``), weighted by rows and gathered across ranks at the epoch's end."""
+        mean = cast(MeanMetric, self.val_means[mean_key(name)])
+        mean.update(value.detach().float(), rows)
+        self.log(name, mean, on_epoch=True, prog_bar=prog_bar, batch_size=rows)
 
     def mean_tokens_per_second(self) -> float | None:
         """Real (unpadded) training tokens over the time their batches took, this process."""
@@ -167,8 +198,8 @@ class PolicySFTModule(_Trainable):
 
     def __init__(self, model: nn.Module, optimizer: OptimizerFactory = SFT_OPTIMIZER,
                  scheduler: SchedulerFactory | None = WARMUP_COSINE,
-                 checkpoint_above_tokens: int | None = None) -> None:
-        super().__init__(optimizer, scheduler, checkpoint_above_tokens)
+                 checkpoint_above_tokens: int | None = None, seed: int | None = None) -> None:
+        super().__init__(optimizer, scheduler, checkpoint_above_tokens, seed)
         self.model = model
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -181,8 +212,7 @@ class PolicySFTModule(_Trainable):
 
     def validation_step(self, batch, batch_idx):
         loss = self(batch)
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True,
-                 batch_size=batch["input_ids"].shape[0])
+        self.log_validation_mean("val/loss", loss, batch["input_ids"].shape[0], prog_bar=True)
         return loss
 
 
@@ -194,18 +224,22 @@ class PRMModule(_Trainable):
     (:func:`~medsss.training.prm_model.dual_head_loss`; batches need ``penalties``) and its
     validation adds the two parts (``val/value_loss``, ``val/penalty_loss``), the penalty head's
     AUROC against its targets (``val/penalty_auroc``) and the combined score's AUROC against the
-    hard value targets (``val/score_auroc``); ``val/step_auroc`` stays the value head's."""
+    hard value targets (``val/score_auroc``); ``val/step_auroc`` stays the value head's.
+
+    The step metrics are torchmetrics states (:class:`~medsss.training.step_metrics.StepClassification`)
+    gathered across data-parallel ranks at the end of each validation: the numbers of all steps,
+    as one process would compute them. A step counts as good (accuracy) when its score is above 0.5."""
+
+    VALIDATION_MEANS = ("val/loss", "val/value_loss", "val/penalty_loss")
 
     def __init__(self, model: ProcessRewardModel, optimizer: OptimizerFactory = PRM_OPTIMIZER,
                  scheduler: SchedulerFactory | None = WARMUP_COSINE,
-                 checkpoint_above_tokens: int | None = None) -> None:
-        super().__init__(optimizer, scheduler, checkpoint_above_tokens)
+                 checkpoint_above_tokens: int | None = None, seed: int | None = None) -> None:
+        super().__init__(optimizer, scheduler, checkpoint_above_tokens, seed)
         self.model = model
-        self._scores: list[float] = []
-        self._targets: list[int] = []
-        self._penalty_scores: list[float] = []
-        self._penalty_targets: list[int] = []
-        self._combined_scores: list[float] = []
+        self.val_steps = StepClassification()  # value head vs hard value targets
+        self.val_penalty_steps = StepClassification()  # dual: penalty head vs its targets
+        self.val_score_steps = StepClassification()  # dual: combined score vs hard value targets
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model.step_logits(batch["input_ids"], batch["attention_mask"], batch["score_positions"])
@@ -235,33 +269,31 @@ class PRMModule(_Trainable):
     def validation_step(self, batch, batch_idx):
         loss, logits, penalty_logits, parts = self._loss(batch)
         rows = batch["input_ids"].shape[0]
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=rows)
+        self.log_validation_mean("val/loss", loss, rows, prog_bar=True)
         real = batch["score_positions"] >= 0
-        self._scores.extend(torch.sigmoid(logits.float())[real].tolist())
-        self._targets.extend((batch["labels"][real] >= 0.5).int().tolist())
+        targets = (batch["labels"][real] >= 0.5).int()
+        self.val_steps.update(torch.sigmoid(logits.float())[real], targets)
         if parts is not None and penalty_logits is not None:
-            self.log("val/value_loss", parts.value, on_epoch=True, sync_dist=True, batch_size=rows)
-            self.log("val/penalty_loss", parts.penalty, on_epoch=True, sync_dist=True, batch_size=rows)
-            self._penalty_scores.extend(torch.sigmoid(penalty_logits.float())[real].tolist())
-            self._penalty_targets.extend((batch["penalties"][real] >= 0.5).int().tolist())
+            self.log_validation_mean("val/value_loss", parts.value, rows)
+            self.log_validation_mean("val/penalty_loss", parts.penalty, rows)
+            self.val_penalty_steps.update(torch.sigmoid(penalty_logits.float())[real],
+                                          (batch["penalties"][real] >= 0.5).int())
             combined = dual_score(logits, penalty_logits, self.model.heads.penalty_scale)
-            self._combined_scores.extend(combined[real].tolist())
+            self.val_score_steps.update(combined[real], targets)
 
     def on_validation_epoch_end(self) -> None:
-        if self._scores:
-            pairs = zip(self._scores, self._targets, strict=True)
-            accuracy = sum((s >= 0.5) == bool(t) for s, t in pairs) / len(self._scores)
-            self.log("val/step_accuracy", accuracy)
-            auroc = binary_auroc(self._scores, self._targets)
-            if auroc is not None:
-                self.log("val/step_auroc", auroc, prog_bar=True)
+        # Every rank computes (the metrics gather across ranks), each logs the same gathered value.
         # An AUROC needs both classes; a validation split without a single value drop has none.
-        for name, scores, targets in (("val/penalty_auroc", self._penalty_scores, self._penalty_targets),
-                                      ("val/score_auroc", self._combined_scores, self._targets)):
-            if not scores:  # a single-head PRM has neither
-                continue
-            auroc = binary_auroc(scores, targets)
-            if auroc is not None:
-                self.log(name, auroc)
-        self._scores, self._targets = [], []
-        self._penalty_scores, self._penalty_targets, self._combined_scores = [], [], []
+        auroc, accuracy = self.val_steps.compute()
+        if accuracy is not None:
+            self.log("val/step_accuracy", accuracy)
+        if auroc is not None:
+            self.log("val/step_auroc", auroc, prog_bar=True)
+        if self.model.heads.dual:  # a single-head PRM has neither
+            for name, metrics in (("val/penalty_auroc", self.val_penalty_steps),
+                                  ("val/score_auroc", self.val_score_steps)):
+                auroc, _ = metrics.compute()
+                if auroc is not None:
+                    self.log(name, auroc)
+        for metrics in (self.val_steps, self.val_penalty_steps, self.val_score_steps):
+            metrics.reset()
