@@ -15,8 +15,8 @@ depends on its fact:
 A wrong step sends the rest of the chain to the wrong entity (later steps are right facts about
 it) and the last step answers with the value reached (wrong, unless a later wrong step happened to
 land on the gold value).
-The class-level facts are shared by the train and held-out splits, so a policy that learns them
-on train questions (SFT on its own correct chains) improves on held-out ones.
+Every fact of a held-out chain is stated on train questions (never the chain itself), so a policy
+that learns the facts on train questions (SFT on its own correct chains) improves on held-out ones.
 
 The tokenizer is a byte-level BPE fitted to the corpus (it encodes any text; the task's words are
 single tokens). Model and tokenizer are cached under ``$MEDSSS_CACHE/models/proving-ground-<hash>``,

@@ -12,10 +12,14 @@ option a text names)::
     Step 4: The answer is gout.
 
 A prodrug adds a first step (``zorudrel is a prodrug of plabotin.``), so chains take 2 to 4
-steps. Gold answers hold by construction. The splits are by entity family (a drug with its
-prodrug): within every class, half of the drugs are train and half held-out, so the two splits
-share no question and no drug-level fact, while the class-level facts (mechanisms,
-contraindications) are shared: what a policy learns about them on train questions carries over.
+steps. Gold answers hold by construction. The splits are by question family (an entity with the
+relation asked, whatever its options; its chain is fixed by those two). An entity's families nest:
+the chain asking for a drug's mechanism is the start of the one asking for its contraindication.
+Train keeps each entity's one or two shortest families (a seeded coin) and the longer ones are held
+out, so a held-out chain never occurs in train, not even as the start of a longer one, while every
+fact it chains is stated on train questions (the entity's own first steps there, the class-level
+facts on other entities' questions). A held-out question asks one or two steps further than train
+does about its entity: it tests composing learned facts into a chain never seen whole.
 
 ``${proving_ground:train}`` / ``${proving_ground:heldout}`` (an OmegaConf resolver registered with
 the config schemas) write a split once as JSONL records under ``$MEDSSS_CACHE/proving_ground/`` and
@@ -58,7 +62,7 @@ CHAINS = {
 _QUESTION_FORMS = tuple((ask, re.compile("^" + re.escape(text).replace(r"\{entity\}", "([a-z]+)") + "$"))
                         for ask, text in ASKS.items())
 # Bumped when the generated questions change: part of the cache key.
-TASK_VERSION = 2
+TASK_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -149,29 +153,25 @@ def random_options(rng: random.Random, kb: KnowledgeBase, relation: str, correct
     return dict(zip(LETTERS, values, strict=True))
 
 
-def entity_split(kb: KnowledgeBase, seed: int) -> dict[str, str]:
-    """``entity -> split``: within each class half of the drugs (rounded down) are held out; a
-    prodrug goes with the drug it is converted into."""
+def family_split(kb: KnowledgeBase, seed: int) -> dict[tuple[str, str], str]:
+    """``(entity, asked relation) -> split``: per entity, its families by chain length; the one or
+    two shortest (a seeded coin; never all of them) are train, the rest held out."""
     rng = random.Random(f"proving-ground-split|{seed}")
-    split: dict[str, str] = {}
-    by_class: dict[str, list[str]] = {}
-    for drug, name in kb.drug_class.items():
-        by_class.setdefault(name, []).append(drug)
-    for name in sorted(by_class):
-        drugs = sorted(by_class[name])
-        rng.shuffle(drugs)
-        held = len(drugs) // 2
-        for index, drug in enumerate(drugs):
-            split[drug] = "heldout" if index < held else "train"
-    for prodrug, drug in kb.prodrug_drug.items():
-        split[prodrug] = split[drug]
+    split: dict[tuple[str, str], str] = {}
+    for entity in [*kb.drugs, *kb.prodrugs]:
+        kind = entity_kind(kb, entity)
+        families = sorted((asks for (chain_kind, asks) in CHAINS if chain_kind == kind),
+                          key=lambda asks: len(CHAINS[(kind, asks)]))
+        kept = min(len(families), 1 + rng.randrange(2))
+        for index, asks in enumerate(families):
+            split[(entity, asks)] = "train" if index < kept else "heldout"
     return split
 
 
 def generate_questions(settings: TaskSettings) -> tuple[KnowledgeBase, dict[str, list[Question]]]:
     """The knowledge base and every question of each split, in a seeded shuffled order."""
     kb = build_knowledge_base(settings.seed, settings.drugs_per_class, settings.prodrugs)
-    split_of = entity_split(kb, settings.seed)
+    split_of = family_split(kb, settings.seed)
     rng = random.Random(f"proving-ground-questions|{settings.seed}")
     questions: dict[str, list[Question]] = {name: [] for name in SPLITS}
     for entity in [*kb.drugs, *kb.prodrugs]:
@@ -190,7 +190,7 @@ def generate_questions(settings: TaskSettings) -> tuple[KnowledgeBase, dict[str,
                     continue
                 seen.add(key)
                 name = f"pg{settings.seed}-{asks}-{entity}-{len(seen)}"
-                questions[split_of[entity]].append(Question(name, entity, kind, asks, options, chain))
+                questions[split_of[(entity, asks)]].append(Question(name, entity, kind, asks, options, chain))
     for name in SPLITS:
         random.Random(f"proving-ground-order|{settings.seed}|{name}").shuffle(questions[name])
     return kb, questions
