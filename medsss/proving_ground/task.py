@@ -158,10 +158,10 @@ def family_split(kb: KnowledgeBase, seed: int) -> dict[tuple[str, str], str]:
     two shortest (a seeded coin; never all of them) are train, the rest held out."""
     rng = random.Random(f"proving-ground-split|{seed}")
     split: dict[tuple[str, str], str] = {}
-    for entity in [*kb.drugs, *kb.prodrugs]:
-        kind = entity_kind(kb, entity)
-        families = sorted((asks for (chain_kind, asks) in CHAINS if chain_kind == kind),
-                          key=lambda asks: len(CHAINS[(kind, asks)]))
+    entities = [*(("drug", drug) for drug in kb.drugs), *(("prodrug", p) for p in kb.prodrugs)]
+    for kind, entity in entities:
+        lengths = {asks: len(chain) for (chain_kind, asks), chain in CHAINS.items() if chain_kind == kind}
+        families = sorted(lengths, key=lengths.__getitem__)
         kept = min(len(families), 1 + rng.randrange(2))
         for index, asks in enumerate(families):
             split[(entity, asks)] = "train" if index < kept else "heldout"
