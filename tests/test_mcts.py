@@ -97,6 +97,9 @@ def test_a_wrong_finish_is_reflected_on_and_the_reflection_can_answer():
     revision = tree.children(wrong)[0]
     assert revision.text == "But wait, the findings point to A. The answer is A."
     assert (revision.kind, revision.reflection, revision.correct) == ("finish", True, True)
+    # The reflected finish is no longer a leaf: back-propagation updates it like any ancestor,
+    # comp from its own verdict 0 and its one child's 1: (0 + 1) / 2.
+    assert (wrong.visits, wrong.value) == (2, 0.5)
     assert result.stop_reason == "correct_nodes"
 
 
